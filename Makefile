@@ -1,0 +1,32 @@
+# `make test` and `make demo` are all a newcomer needs: both build .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; override with `make TORCH=torch` for the default (CUDA) build.
+TORCH ?= torch==2.13.0
+
+.PHONY: test demo bench lint clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+demo: $(VENV)/.installed
+	$(PY) scripts/demo.py
+
+bench: $(VENV)/.installed
+	$(PY) scripts/bench_kernel.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)

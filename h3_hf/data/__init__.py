@@ -1,0 +1,15 @@
+"""Datasets: sequential digits, ListOps (and the H3 synthetic language tasks)."""
+
+from .collators import PaddingCollator
+from .digits import load_sequential_digits
+from .listops import VOCAB as LISTOPS_VOCAB
+from .listops import evaluate_listops, generate_listops, load_listops
+
+__all__ = [
+    "PaddingCollator",
+    "load_sequential_digits",
+    "load_listops",
+    "generate_listops",
+    "evaluate_listops",
+    "LISTOPS_VOCAB",
+]

@@ -1,0 +1,383 @@
+"""Shared state-space numerics for H3, S4D and S5.
+
+Plain PyTorch, no transformers imports: this file is copied next to saved checkpoints for
+``trust_remote_code`` and must stand alone.
+
+Notation used throughout:
+    B batch, H channels (or heads), N complex modes (``state_size // 2`` for a real SSM whose
+    conjugate modes are implied), L sequence length.
+
+A diagonal SSM is run in one of two equivalent modes:
+    recurrent     x_t = dA * x_{t-1} + dB * u_t,      y_t = 2 Re(sum_n C x_t) + D u_t
+    convolution   y = K * u + D u,  with K[h, l] = 2 Re(sum_n C dB dA^l)
+The state is updated before the readout, so lag 0 of the kernel is C dB.
+
+All SSM math runs in float32 / complex64 (float64 / complex128 when the inputs are float64),
+also under autocast; results are cast back to the activation dtype by the callers.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+DIAGONAL_INITS = ("inv", "lin", "legs")
+DISCRETIZATIONS = ("zoh", "bilinear")
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64/complex128, else float32 (never half precision)."""
+    wide = any(t.dtype in (torch.float64, torch.complex128) for t in tensors)
+    return torch.float64 if wide else torch.float32
+
+
+def complex_dtype(real_dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if real_dtype == torch.float64 else torch.complex64
+
+
+def no_autocast(device_type: str):
+    """Context manager that switches autocast off so SSM math keeps its float32 inputs."""
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+# --------------------------------------------------------------------------------------------
+# HiPPO matrices and diagonal initialisations (float64)
+# --------------------------------------------------------------------------------------------
+
+
+def hippo_legs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HiPPO-LegS transition matrix A (n, n) and input vector B (n,), float64.
+
+    A[i, k] = -sqrt(2i+1) sqrt(2k+1) for i > k, -(i+1) for i = k, 0 for i < k; B[i] = sqrt(2i+1).
+    """
+    q = torch.sqrt(2 * torch.arange(n, dtype=torch.float64) + 1)
+    a = -torch.tril(q[:, None] * q[None, :], diagonal=-1) - torch.diag(torch.arange(1, n + 1, dtype=torch.float64))
+    return a, q.clone()
+
+
+def hippo_legs_normal(n: int) -> torch.Tensor:
+    """The normal part S = A + p p^T of HiPPO-LegS, p[i] = sqrt(i + 1/2); (n, n) float64.
+
+    S = -I/2 + K with K real skew-symmetric, so S is normal and unitarily diagonalisable.
+    """
+    a, _ = hippo_legs(n)
+    p = torch.sqrt(torch.arange(n, dtype=torch.float64) + 0.5)
+    return a + p[:, None] * p[None, :]
+
+
+def hippo_n_eig(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigendecomposition of HiPPO-N (the normal part of HiPPO-LegS): S = V diag(Lambda) V^H.
+
+    Returns Lambda (n,) complex128 sorted by ascending imaginary part (Re = -1/2 exactly) and the
+    unitary V (n, n) complex128. Computed as eigh of the Hermitian matrix -i K, where K = S + I/2 is
+    the skew part (passing -i S itself would break Hermitian symmetry on the diagonal).
+    """
+    s = hippo_legs_normal(n)
+    skew = s + 0.5 * torch.eye(n, dtype=torch.float64)
+    omega, v = torch.linalg.eigh(-1j * skew.to(torch.complex128))
+    lam = torch.complex(torch.full_like(omega, -0.5), omega)
+    return lam, v
+
+
+def diagonal_init(init: str, state_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diagonal A and B for a real state of size ``state_size`` (N/2 complex modes kept).
+
+    Returns A (N/2,) and B (N/2,), complex128, with Re A < 0 and Im A >= 0 (the conjugate half is
+    implied by taking 2 Re of the output).
+      lin:  A_n = -1/2 + i pi n                              (S4D-Lin, damped Fourier basis)
+      inv:  A_n = -1/2 + i (N/pi) (N/(2n+1) - 1)             (S4D-Inv)
+      legs: eigenvalues of HiPPO-N, B = V^H B_legs           (S4D-LegS / DSS), Im B clipped to +-2
+    """
+    if init not in DIAGONAL_INITS:
+        raise ValueError(f"init must be one of {DIAGONAL_INITS}, got {init!r}")
+    if state_size <= 0 or state_size % 2:
+        raise ValueError(f"state_size must be a positive even integer, got {state_size}")
+    half = state_size // 2
+    n = torch.arange(half, dtype=torch.float64)
+    ones = torch.ones(half, dtype=torch.complex128)
+    if init == "lin":
+        return torch.complex(torch.full_like(n, -0.5), math.pi * n), ones
+    if init == "inv":
+        imag = state_size / math.pi * (state_size / (2 * n + 1) - 1)
+        return torch.complex(torch.full_like(n, -0.5), imag), ones
+    lam, v = hippo_n_eig(state_size)
+    _, b_legs = hippo_legs(state_size)
+    b = v.conj().T @ b_legs.to(torch.complex128)
+    # Keep the modes with negative imaginary part (most negative first) and conjugate them, which
+    # leaves the real output unchanged and gives Im A >= 0 like the other inits.
+    lam, b = lam[:half].conj().resolve_conj(), b[:half].conj().resolve_conj()
+    b = torch.complex(b.real, b.imag.clamp(-2.0, 2.0))
+    return lam, b
+
+
+def log_dt_init(num_channels: int, dt_min: float, dt_max: float, shape_tail: tuple = ()) -> torch.Tensor:
+    """log(dt) uniform in [log dt_min, log dt_max]; shape (num_channels, *shape_tail), float32."""
+    u = torch.rand(num_channels, *shape_tail)
+    return u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+
+
+# --------------------------------------------------------------------------------------------
+# Discretisation and the Vandermonde products
+# --------------------------------------------------------------------------------------------
+
+
+def discretize_diagonal(a: torch.Tensor, dt: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discretise a diagonal continuous SSM.
+
+    Args:
+        a: (..., N) complex continuous eigenvalues.
+        dt: real step sizes broadcastable to ``a`` (e.g. (H, 1)).
+        method: "zoh" or "bilinear".
+    Returns:
+        log_da (..., N): log of the discrete eigenvalue, so that dA^l = exp(l * log_da);
+        db_scale (..., N): dB = db_scale * B.
+    """
+    dta = dt * a
+    if method == "zoh":
+        return dta, (torch.exp(dta) - 1) / a
+    if method == "bilinear":
+        denom = 1 - dta / 2
+        return torch.log((1 + dta / 2) / denom), dt / denom
+    raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got {method!r}")
+
+
+def _chunks(length: int, chunk_size: int | None):
+    step = length if chunk_size is None or chunk_size <= 0 else chunk_size
+    for start in range(0, length, step):
+        yield start, min(step, length - start)
+
+
+def vandermonde(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, offset: int = 0,
+                chunk_size: int | None = None) -> torch.Tensor:
+    """sum_n coeff[..., h, n] * dA[h, n]^(offset + l) for l in [0, length).
+
+    Args:
+        coeff: (..., H, N) complex.
+        log_da: (H, N) complex.
+        chunk_size: if set, lags are processed ``chunk_size`` at a time so that the (H, N, L)
+            power tensor is never materialised whole (O(H N chunk) memory, same O(H N L) work).
+    Returns:
+        (..., H, length) complex.
+    """
+    real = torch.float64 if log_da.dtype == torch.complex128 else torch.float32
+    out = []
+    for start, size in _chunks(length, chunk_size):
+        lags = torch.arange(offset + start, offset + start + size, device=log_da.device, dtype=real)
+        powers = torch.exp(log_da.unsqueeze(-1) * lags)  # (H, N, size)
+        out.append(torch.einsum("...hn,hnl->...hl", coeff, powers))
+    return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+
+
+def vandermonde_transpose(u: torch.Tensor, log_da: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+    """sum_l u[..., h, l] * dA[h, n]^(L - 1 - l): the state reached from zero after the sequence u.
+
+    Args:
+        u: (..., H, L) real (cast to the complex dtype of ``log_da``).
+        log_da: (H, N) complex.
+    Returns:
+        (..., H, N) complex (still to be multiplied by dB).
+    """
+    length = u.shape[-1]
+    real = torch.float64 if log_da.dtype == torch.complex128 else torch.float32
+    u = u.to(log_da.dtype)
+    total = None
+    for start, size in _chunks(length, chunk_size):
+        lags = torch.arange(length - 1 - start, length - 1 - start - size, -1, device=log_da.device, dtype=real)
+        powers = torch.exp(log_da.unsqueeze(-1) * lags)  # (H, N, size)
+        part = torch.einsum("...hl,hnl->...hn", u[..., start:start + size], powers)
+        total = part if total is None else total + part
+    return total
+
+
+def diagonal_kernel(c: torch.Tensor, db: torch.Tensor, log_da: torch.Tensor, length: int,
+                    *, chunk_size: int | None = None) -> torch.Tensor:
+    """Convolution kernel K[..., h, l] = 2 Re sum_n C dB dA^l of a diagonal SSM.
+
+    Args:
+        c: (..., H, N) complex output matrix (extra leading dims, e.g. directions, are kept).
+        db: (H, N) complex discrete input matrix (B times the ``db_scale`` of the discretisation).
+        log_da: (H, N) complex, from :func:`discretize_diagonal`.
+    Returns:
+        (..., H, length) real.
+    """
+    return 2 * vandermonde(c * db, log_da, length, chunk_size=chunk_size).real
+
+
+def diagonal_state(u: torch.Tensor, log_da: torch.Tensor, db: torch.Tensor, initial_state: torch.Tensor | None = None,
+                   *, chunk_size: int | None = None) -> torch.Tensor:
+    """Closed-form state after running x_t = dA x_{t-1} + dB u_t over u (no loop over time).
+
+    x_L = dA^L x_0 + dB sum_l dA^(L-1-l) u_l.
+
+    Args:
+        u: (..., H, L) real input sequence.
+        log_da, db: (H, N) complex (``db`` = dB, the discrete input matrix).
+        initial_state: optional (..., H, N) complex state before u.
+    Returns:
+        (..., H, N) complex.
+    """
+    state = db * vandermonde_transpose(u, log_da, chunk_size=chunk_size)
+    if initial_state is not None:
+        state = state + torch.exp(log_da * u.shape[-1]) * initial_state
+    return state
+
+
+def initial_state_response(initial_state: torch.Tensor, c: torch.Tensor, log_da: torch.Tensor, length: int,
+                           *, chunk_size: int | None = None) -> torch.Tensor:
+    """Output contribution of a non-zero initial state: 2 Re sum_n C dA^(l+1) x_0, l in [0, length).
+
+    Args:
+        initial_state: (..., H, N) complex; c: (H, N) complex; log_da: (H, N) complex.
+    Returns:
+        (..., H, length) real.
+    """
+    return 2 * vandermonde(c * initial_state, log_da, length, offset=1, chunk_size=chunk_size).real
+
+
+def diagonal_step(state: torch.Tensor, u: torch.Tensor, da: torch.Tensor, db: torch.Tensor,
+                  c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One recurrent step of a diagonal SSM (no skip term).
+
+    Args:
+        state: (..., H, N) complex; u: (..., H) real; da, db, c: (H, N) complex.
+    Returns:
+        new state (..., H, N) complex and y = 2 Re sum_n C x (..., H) real.
+    """
+    state = da * state + db * u.unsqueeze(-1).to(state.dtype)
+    return state, 2 * (c * state).sum(-1).real
+
+
+# --------------------------------------------------------------------------------------------
+# FFT convolutions
+# --------------------------------------------------------------------------------------------
+
+
+def fft_causal_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal convolution y[l] = sum_{j<=l} K[j] u[l-j] (+ skip * u) along the last dim.
+
+    Computed with real FFTs of size >= 2L (no wrap-around) in float32, or float64 when an input is
+    float64, with autocast off; the result has the dtype of ``u``.
+
+    Args:
+        u: (..., H, L) input.
+        kernel: (..., H, Lk) kernel, broadcastable to ``u``; lags >= L are ignored, shorter kernels
+            are zero-padded.
+        skip: optional (H,) feed-through D.
+    Returns:
+        (..., H, L).
+    """
+    length = u.shape[-1]
+    kernel = kernel[..., :length]
+    dtype = compute_dtype(u, kernel)
+    n = 2 * length
+    with no_autocast(u.device.type):
+        uf = torch.fft.rfft(u.to(dtype), n=n)
+        kf = torch.fft.rfft(kernel.to(dtype), n=n)
+        y = torch.fft.irfft(uf * kf, n=n)[..., :length]
+        if skip is not None:
+            y = y + skip.to(dtype).unsqueeze(-1) * u.to(dtype)
+    return y.to(u.dtype)
+
+
+def fft_bidirectional_conv(u: torch.Tensor, kernel_forward: torch.Tensor, kernel_backward: torch.Tensor,
+                           skip: torch.Tensor | None = None) -> torch.Tensor:
+    """Two-sided convolution: causal with ``kernel_forward`` plus anti-causal with ``kernel_backward``.
+
+    y[l] = sum_{j<=l} Kf[l-j] u[j] + sum_{j>l} Kb[j-l-1] u[j] (+ skip * u). The present sample is
+    seen only through Kf[0] (and the skip), as in the S4 code's single length-2L kernel.
+
+    Args:
+        u: (..., H, L); kernel_forward, kernel_backward: (H, L); skip: optional (H,).
+    Returns:
+        (..., H, L) with the dtype of ``u``.
+    """
+    length = u.shape[-1]
+    dtype = compute_dtype(u, kernel_forward, kernel_backward)
+    pad = torch.zeros_like(kernel_forward[..., :length])
+    two_sided = torch.cat([kernel_forward[..., :length], pad], dim=-1) + torch.cat(
+        [pad, kernel_backward[..., :length].flip(-1)], dim=-1)
+    n = 2 * length
+    with no_autocast(u.device.type):
+        uf = torch.fft.rfft(u.to(dtype), n=n)
+        kf = torch.fft.rfft(two_sided.to(dtype), n=n)
+        y = torch.fft.irfft(uf * kf, n=n)[..., :length]
+        if skip is not None:
+            y = y + skip.to(dtype).unsqueeze(-1) * u.to(dtype)
+    return y.to(u.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The diagonal SSM kernel as a module (parameters of S4D and of H3's diagonal SSM)
+# --------------------------------------------------------------------------------------------
+
+
+class DiagonalSSMKernel(nn.Module):
+    """Parameters and kernels of H independent diagonal SSMs of real state size ``state_size``.
+
+    Parameters (names follow the official H3/S4 checkpoints):
+        log_dt (H,); inv_A_real (H, N) with Re A = -exp(inv_A_real); A_imag (H, N);
+        B (H, N, 2) and C (channels, H, N, 2) complex stored as (real, imag) pairs.
+    ``channels`` > 1 gives several output matrices sharing A, B and dt (bidirectional S4D).
+    """
+
+    ssm_parameter_names = ("log_dt", "inv_A_real", "A_imag", "B")
+
+    def __init__(self, num_channels: int, state_size: int, *, init: str = "inv", discretization: str = "zoh",
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, channels: int = 1, kernel_chunk_size: int | None = None):
+        super().__init__()
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got {discretization!r}")
+        self.num_channels = num_channels
+        self.state_size = state_size
+        self.init = init
+        self.discretization = discretization
+        self.dt_min, self.dt_max = dt_min, dt_max
+        self.channels = channels
+        self.kernel_chunk_size = kernel_chunk_size
+        half = state_size // 2
+        self.log_dt = nn.Parameter(torch.empty(num_channels))
+        self.inv_A_real = nn.Parameter(torch.empty(num_channels, half))
+        self.A_imag = nn.Parameter(torch.empty(num_channels, half))
+        self.B = nn.Parameter(torch.empty(num_channels, half, 2))
+        self.C = nn.Parameter(torch.empty(channels, num_channels, half, 2))
+        self.reset_parameters()
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Freshly drawn initial values of every parameter (uses the global torch RNG)."""
+        a, b = diagonal_init(self.init, self.state_size)
+        h = self.num_channels
+        c = torch.randn(self.channels, h, self.state_size // 2, dtype=torch.complex64)
+        return {
+            "log_dt": log_dt_init(h, self.dt_min, self.dt_max),
+            "inv_A_real": torch.log(-a.real).float().expand(h, -1).clone(),
+            "A_imag": a.imag.float().expand(h, -1).clone(),
+            "B": torch.view_as_real(b.to(torch.complex64)).expand(h, -1, -1).clone(),
+            "C": torch.view_as_real(c).clone(),
+        }
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        for name, value in self.initial_values().items():
+            getattr(self, name).copy_(value)
+
+    def continuous(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """dt (H, 1), A (H, N), B (H, N), C (channels, H, N) in float32+/complex64+."""
+        dtype = compute_dtype(self.log_dt)
+        dt = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1)
+        a = torch.complex(-torch.exp(self.inv_A_real.to(dtype)), self.A_imag.to(dtype))
+        b = torch.view_as_complex(self.B.to(dtype).contiguous())
+        c = torch.view_as_complex(self.C.to(dtype).contiguous())
+        return dt, a, b, c
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log dA (H, N), dB (H, N) and C (channels, H, N), complex."""
+        with no_autocast(self.log_dt.device.type):
+            dt, a, b, c = self.continuous()
+            log_da, db_scale = discretize_diagonal(a, dt, self.discretization)
+            return log_da, b * db_scale, c
+
+    def forward(self, length: int) -> torch.Tensor:
+        """Convolution kernel (channels, H, length), float32 (float64 for float64 parameters)."""
+        with no_autocast(self.log_dt.device.type):
+            log_da, db, c = self.discrete()
+            return diagonal_kernel(c, db, log_da, length, chunk_size=self.kernel_chunk_size)

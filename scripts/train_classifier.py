@@ -1,0 +1,177 @@
+"""Train an SSM sequence classifier with transformers' Trainer.
+
+    python scripts/train_classifier.py --model s4d --dataset digits --output_dir runs/s4d-digits
+    python scripts/train_classifier.py --model s4d --dataset listops --output_dir runs/s4d-listops
+
+Any TrainingArguments flag can be added (``--learning_rate``, ``--num_train_epochs``, ``--seed``...);
+per-dataset defaults (below) are used for the ones not given. Writes OUTPUT_DIR/results.json
+(eval_accuracy, train_runtime, config, ...), the model (safetensors + config) and
+OUTPUT_DIR/kernels_layer0.png (the learned SSM kernels of the first layer).
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
+
+from h3_hf import S4DConfig, S4DForSequenceClassification, create_ssm_optimizer
+from h3_hf.data import LISTOPS_VOCAB, PaddingCollator, load_listops, load_sequential_digits
+from h3_hf.training import classification_accuracy
+
+MODELS = ("s4d",)
+DATASETS = ("digits", "listops")
+
+# Defaults per dataset, used for every TrainingArguments flag the command line does not set.
+TRAINING_DEFAULTS = {
+    "digits": dict(learning_rate=1e-2, weight_decay=0.01, num_train_epochs=30, per_device_train_batch_size=32,
+                   per_device_eval_batch_size=128, warmup_steps=45, lr_scheduler_type="cosine"),
+    "listops": dict(learning_rate=4e-3, weight_decay=0.05, num_train_epochs=4, per_device_train_batch_size=32,
+                    per_device_eval_batch_size=64, warmup_steps=60, lr_scheduler_type="cosine",
+                    train_sampling_strategy="group_by_length"),
+}
+COMMON_DEFAULTS = dict(eval_strategy="epoch", save_strategy="no", logging_steps=25, report_to="none",
+                       dataloader_num_workers=0, dataloader_pin_memory=False, max_grad_norm=1.0)
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(default="s4d", metadata={"help": f"one of {MODELS}"})
+    hidden_size: int = field(default=64)
+    num_hidden_layers: int = field(default=4)
+    state_size: int = field(default=64)
+    init: str = field(default="inv", metadata={"help": "inv, lin or legs"})
+    discretization: str = field(default="zoh", metadata={"help": "zoh or bilinear"})
+    bidirectional: bool = field(default=False)
+    dropout: float = field(default=0.1)
+    prenorm: bool = field(default=True)
+    pooling: str = field(default="mean", metadata={"help": "mean or last"})
+    ssm_lr: float = field(default=1e-3, metadata={"help": "learning rate of the SSM parameters (no weight decay)"})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="digits", metadata={"help": f"one of {DATASETS}"})
+    listops_train_size: int = field(default=4000)
+    listops_test_size: int = field(default=500)
+    listops_min_length: int = field(default=100)
+    listops_max_length: int = field(default=1000)
+    data_seed_listops: int = field(default=0)
+
+
+def default_args(argv: list[str]) -> list[str]:
+    """Put the dataset's default flags before the user's, so the user's win (argparse keeps the last)."""
+    dataset = "digits"
+    for i, arg in enumerate(argv):
+        if arg == "--dataset" and i + 1 < len(argv):
+            dataset = argv[i + 1]
+        elif arg.startswith("--dataset="):
+            dataset = arg.split("=", 1)[1]
+    defaults = {**COMMON_DEFAULTS, **TRAINING_DEFAULTS.get(dataset, {})}
+    given = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
+    extra = []
+    for key, value in defaults.items():
+        if key not in given:
+            extra += [f"--{key}", str(value)]
+    return extra + argv
+
+
+def build_data(data_args: DataArguments):
+    if data_args.dataset == "digits":
+        data = load_sequential_digits()
+        return data, dict(input_size=1, num_labels=10), default_data_collator
+    data = load_listops(data_args.listops_train_size, data_args.listops_test_size,
+                        min_length=data_args.listops_min_length, max_length=data_args.listops_max_length,
+                        seed=data_args.data_seed_listops)
+    return data, dict(vocab_size=len(LISTOPS_VOCAB), num_labels=10, pad_token_id=0), PaddingCollator(0)
+
+
+def build_model(model_args: ModelArguments, data_kwargs: dict):
+    config = S4DConfig(hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
+                       state_size=model_args.state_size, init=model_args.init,
+                       discretization=model_args.discretization, bidirectional=model_args.bidirectional,
+                       dropout=model_args.dropout, prenorm=model_args.prenorm, pooling=model_args.pooling,
+                       **data_kwargs)
+    return S4DForSequenceClassification(config)
+
+
+def plot_kernels(model, path: str, num_channels: int = 8):
+    """PNG of the first layer's learned kernels (first ``num_channels`` channels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layer = model.base_model.layers[0].layer
+    length = 64 if model.config.vocab_size is None else 256
+    with torch.no_grad():
+        kernel = layer.kernel(length)[0, :num_channels].float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for h, k in enumerate(kernel):
+        ax.plot(k, label=f"channel {h}")
+    ax.set_xlabel("lag")
+    ax.set_ylabel("K[h, lag]")
+    ax.set_title(f"{model.config.model_type} layer-0 kernels ({model.config.init}, {model.config.discretization})")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=default_args(argv))
+    if model_args.model not in MODELS:
+        raise ValueError(f"--model must be one of {MODELS}, got {model_args.model!r}")
+    if data_args.dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {DATASETS}, got {data_args.dataset!r}")
+    torch.manual_seed(training_args.seed)
+    data, data_kwargs, collator = build_data(data_args)
+    model = build_model(model_args, data_kwargs)
+    optimizer = create_ssm_optimizer(model, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
+                                     ssm_lr=model_args.ssm_lr,
+                                     betas=(training_args.adam_beta1, training_args.adam_beta2),
+                                     eps=training_args.adam_epsilon)
+    trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["test"],
+                      data_collator=collator, compute_metrics=classification_accuracy,
+                      optimizers=(optimizer, None))
+    start = time.time()
+    train_result = trainer.train()
+    metrics = trainer.evaluate()
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    trainer.save_model(training_args.output_dir)
+    results = {
+        "model": model_args.model,
+        "dataset": data_args.dataset,
+        "eval_accuracy": metrics["eval_accuracy"],
+        "eval_loss": metrics["eval_loss"],
+        "train_runtime": train_result.metrics["train_runtime"],
+        "wall_time": time.time() - start,
+        "global_step": train_result.global_step,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "train_size": len(data["train"]),
+        "test_size": len(data["test"]),
+        "majority_class_accuracy": max(data["test"]["labels"].count(c) for c in set(data["test"]["labels"]))
+        / len(data["test"]),
+        "seed": training_args.seed,
+        "model_args": asdict(model_args),
+        "data_args": asdict(data_args),
+        "training_args": {k: training_args.to_dict()[k] for k in (
+            "learning_rate", "weight_decay", "num_train_epochs", "per_device_train_batch_size",
+            "lr_scheduler_type", "warmup_steps")},
+        "config": model.config.to_diff_dict(),
+    }
+    with open(os.path.join(training_args.output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    plot_kernels(model, os.path.join(training_args.output_dir, "kernels_layer0.png"))
+    print(json.dumps({k: results[k] for k in ("model", "dataset", "eval_accuracy", "train_runtime",
+                                              "majority_class_accuracy")}))
+    return results
+
+
+if __name__ == "__main__":
+    main()
