@@ -381,3 +381,56 @@ class DiagonalSSMKernel(nn.Module):
         with no_autocast(self.log_dt.device.type):
             log_da, db, c = self.discrete()
             return diagonal_kernel(c, db, log_da, length, chunk_size=self.kernel_chunk_size)
+
+
+# --------------------------------------------------------------------------------------------
+# H3's shift SSM: A is the shift matrix, so the SSM is a learned causal FIR filter of N taps
+# --------------------------------------------------------------------------------------------
+
+
+def shift_kernel(b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """FIR kernel of the shift SSM: K[d, i] = sum_j B[d, j] C[d, i + j] (C beyond N is 0), i < N.
+
+    Args:
+        b: (D, N) input vectors; c: (D, N) output vectors.
+    Returns:
+        (D, N) causal kernel, lag 0 first.
+    """
+    n = b.shape[-1]
+    windows = torch.nn.functional.pad(c, (0, n)).unfold(-1, n, 1)[:, :n]  # windows[d, i, j] = C[d, i + j]
+    return torch.einsum("dij,dj->di", windows, b)
+
+
+class ShiftSSMKernel(nn.Module):
+    """Parameters of H3's shift SSM on D channels with N taps (official names and shapes).
+
+    B (D, N), initialised to e_0; C (1, D, N), initialised U(-1/sqrt(N), 1/sqrt(N)).
+    The recurrent state is the window of the last N inputs, so the cache stores raw inputs.
+    """
+
+    ssm_parameter_names = ("B",)
+
+    def __init__(self, num_channels: int, state_size: int):
+        super().__init__()
+        self.num_channels = num_channels
+        self.state_size = state_size
+        self.B = nn.Parameter(torch.empty(num_channels, state_size))
+        self.C = nn.Parameter(torch.empty(1, num_channels, state_size))
+        self.reset_parameters()
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        b = torch.zeros(self.num_channels, self.state_size)
+        b[:, 0] = 1.0
+        bound = 1 / math.sqrt(self.state_size)
+        return {"B": b, "C": torch.empty(1, self.num_channels, self.state_size).uniform_(-bound, bound)}
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        for name, value in self.initial_values().items():
+            getattr(self, name).copy_(value)
+
+    def forward(self) -> torch.Tensor:
+        """FIR kernel (D, N) in float32 (float64 for float64 parameters)."""
+        dtype = compute_dtype(self.B)
+        with no_autocast(self.B.device.type):
+            return shift_kernel(self.B.to(dtype), self.C[0].to(dtype))

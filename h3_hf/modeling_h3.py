@@ -1,0 +1,468 @@
+"""H3 (Hungry Hungry Hippos) language model.
+
+Pre-norm blocks ``r = r + mixer(norm1(r)); r = r + mlp(norm2(r))`` with the H3 mixer
+``Q * SSM_diag(SSM_shift(K) * V)`` (or causal attention at ``config.attn_layer_idx``), then ``ln_f`` and
+a tied LM head. Module and parameter names follow the official checkpoints (``backbone.layers.i.mixer``...).
+
+Two modes, one set of weights: the FFT convolution runs training and prompt prefill (states computed in
+closed form), the recurrence runs decoding (O(1) per token). All states live in the cache
+(``H3Cache``, a ``DynamicCache``): the shift SSM's window of recent k as the conv state, the
+diagonal SSM's complex state as the recurrent state, keys/values for attention layers.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import can_return_tuple
+
+from .configuration_h3 import H3Config
+from .ssm import (
+    DiagonalSSMKernel,
+    ShiftSSMKernel,
+    compute_dtype,
+    diagonal_kernel,
+    diagonal_state,
+    diagonal_step,
+    fft_causal_conv,
+    initial_state_response,
+    no_autocast,
+)
+
+
+class H3Cache(DynamicCache):
+    """DynamicCache that also counts the tokens it has seen.
+
+    Needed because a model without attention layers has no KV cache to read the length from
+    (``DynamicCache.get_seq_length`` raises then). Never auto-compiled (``is_compileable`` False).
+    """
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config=config, **kwargs)
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+
+def cache_length(cache: Cache | None) -> int:
+    """Tokens already in ``cache`` (0 without a cache)."""
+    if cache is None:
+        return 0
+    if hasattr(cache, "seen_tokens"):
+        return cache.seen_tokens
+    return cache.get_seq_length()
+
+
+def mask_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero (batch, channels..., length) ``x`` where ``mask`` (batch, length) is 0; never propagates NaN."""
+    if mask is None:
+        return x
+    keep = mask.bool().view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1])
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class H3Mixer(nn.Module):
+    """The H3 layer: (batch, length, d) -> (batch, length, d).
+
+    q, k, v = projections; k~ = shift_ssm(k) + ssm_k_D k; per head kv[i, j] = k~_i v_j;
+    z = diag_ssm(kv) + D kv; y[j] = sum_i q_i z[i, j]; out = output_linear(y).
+    Output channels are d-major (channel = j * H + h), as in the official PyTorch path.
+    """
+
+    def __init__(self, config: H3Config, layer_idx: int):
+        super().__init__()
+        d = config.hidden_size
+        self.layer_idx = layer_idx
+        self.hidden_size = d
+        self.state_size = config.state_size
+        self.head_dim = config.head_dim
+        self.num_heads = d // config.head_dim
+        self.kernel_chunk_size = config.kernel_chunk_size
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        self.shift_kernel = ShiftSSMKernel(d, config.state_size)
+        self.ssm_k_D = nn.Parameter(torch.randn(d))
+        self.kernel = DiagonalSSMKernel(self.num_heads, config.state_size, init="lin",
+                                        discretization=config.discretization, dt_min=config.dt_min,
+                                        dt_max=config.dt_max, kernel_chunk_size=config.kernel_chunk_size)
+        self.D = nn.Parameter(torch.randn(self.num_heads))
+        self.output_linear = nn.Linear(d, d)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, d, ...) with channel = h * P + i -> (batch, P, H, ...)."""
+        b = x.shape[0]
+        return x.reshape(b, self.num_heads, self.head_dim, *x.shape[2:]).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor, ssm_mask: torch.Tensor | None = None,
+                past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
+        """hidden_states (batch, length, d); ssm_mask (batch, length), 0 at padding."""
+        batch, length, _ = hidden_states.shape
+        cache = past_key_values
+        prev_window = cache.get_conv_state(self.layer_idx) if cache is not None else None
+        prev_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+        with no_autocast(hidden_states.device.type):
+            dtype = compute_dtype(self.kernel.log_dt, self.q_proj.weight)
+            x = hidden_states.to(dtype)
+            q = F.linear(x, self.q_proj.weight.to(dtype), self.q_proj.bias.to(dtype)).transpose(1, 2)
+            k = F.linear(x, self.k_proj.weight.to(dtype), self.k_proj.bias.to(dtype)).transpose(1, 2)
+            v = F.linear(x, self.v_proj.weight.to(dtype), self.v_proj.bias.to(dtype)).transpose(1, 2)
+            k = mask_padding(k, ssm_mask)  # (B, d, L): padding never enters a state
+            if prev_window is not None and length == 1:
+                y = self._step(q, k, v, prev_window, prev_state, cache)
+            else:
+                y = self._convolve(q, k, v, ssm_mask, prev_window, prev_state, cache)
+            out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype), self.output_linear.bias.to(dtype))
+        return out.to(hidden_states.dtype)
+
+    def _convolve(self, q, k, v, ssm_mask, prev_window, prev_state, cache):
+        """Convolution mode over (batch, d, length) q, k, v; continues from cached states if any."""
+        length = k.shape[-1]
+        shift = self.shift_kernel().to(k.dtype)  # (d, N)
+        if prev_window is not None:
+            k_ext = torch.cat([prev_window.to(k.dtype), k], dim=-1)
+            k_shift = fft_causal_conv(k_ext, shift)[..., -length:] + self.ssm_k_D.to(k.dtype)[:, None] * k
+        else:
+            k_shift = fft_causal_conv(k, shift, self.ssm_k_D)
+        kv = self._heads(k_shift).unsqueeze(2) * self._heads(v).unsqueeze(1)  # (B, P, P, H, L)
+        kv = mask_padding(kv, ssm_mask)
+        log_da, db, c = self.kernel.discrete()
+        kernel = diagonal_kernel(c[0], db, log_da, length, chunk_size=self.kernel_chunk_size)
+        z = fft_causal_conv(kv, kernel.to(kv.dtype), self.D)
+        if prev_state is not None:
+            z = z + initial_state_response(prev_state, c[0], log_da, length, chunk_size=self.kernel_chunk_size)
+        if cache is not None:
+            cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)
+            state = diagonal_state(kv, log_da, db, prev_state, chunk_size=self.kernel_chunk_size)
+            cache.update_recurrent_state(state, self.layer_idx)
+        return self._readout(q, z)
+
+    def _step(self, q, k, v, prev_window, prev_state, cache):
+        """Recurrent mode for one token: q, k, v (batch, d, 1)."""
+        window = cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)[..., -self.state_size:]
+        shift = self.shift_kernel().to(k.dtype)  # (d, N), lag 0 first; window is oldest first
+        k_shift = (window.to(k.dtype) * shift.flip(-1)).sum(-1, keepdim=True) + self.ssm_k_D.to(k.dtype)[:, None] * k
+        kv = (self._heads(k_shift).unsqueeze(2) * self._heads(v).unsqueeze(1))[..., 0]  # (B, P, P, H)
+        log_da, db, c = self.kernel.discrete()
+        state, z = diagonal_step(prev_state, kv, torch.exp(log_da), db, c[0])
+        cache.update_recurrent_state(state, self.layer_idx)
+        z = (z + self.D.to(z.dtype) * kv).unsqueeze(-1)
+        return self._readout(q, z)
+
+    def _readout(self, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """y[b, j*H + h, l] = sum_i q[b, h*P + i, l] z[b, i, j, h, l]; returns (batch, d, length)."""
+        y = (self._heads(q).unsqueeze(2) * z).sum(1)  # (B, P_j, H, L)
+        return y.reshape(y.shape[0], self.hidden_size, y.shape[-1])
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_partial_rotary(x: torch.Tensor, position_ids: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
+    """GPT-NeoX rotary (non-interleaved) on the first ``rotary_dim`` dims of each head.
+
+    x (batch, heads, length, head_dim); position_ids (batch, length).
+    """
+    if rotary_dim == 0:
+        return x
+    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=torch.float32) / rotary_dim)
+    angles = position_ids.to(torch.float32)[..., None] * inv_freq  # (B, L, rotary_dim/2)
+    emb = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, L, rotary_dim)
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    rot = rot.float() * emb.cos() + rotate_half(rot.float()) * emb.sin()
+    return torch.cat([rot.to(x.dtype), rest], dim=-1)
+
+
+def eager_attention_forward(module: nn.Module, query, key, value, attention_mask, scaling: float,
+                            dropout: float = 0.0, **kwargs):
+    """Plain softmax attention; query/key/value (batch, heads, length, head_dim)."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+class H3Attention(nn.Module):
+    """Causal multi-head attention with packed Wqkv (official layout) and optional partial rotary."""
+
+    def __init__(self, config: H3Config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.num_key_value_groups = 1
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values: Cache | None = None, **kwargs):
+        """hidden_states (batch, length, d) -> (batch, length, d)."""
+        batch, length, _ = hidden_states.shape
+        qkv = self.Wqkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = (t.transpose(1, 2) for t in qkv.unbind(2))
+        query = apply_partial_rotary(query, position_ids, self.config.rotary_emb_dim, self.config.rope_theta)
+        key = apply_partial_rotary(key, position_ids, self.config.rotary_emb_dim, self.config.rope_theta)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward)
+        out, _ = interface(self, query, key, value, attention_mask,
+                           dropout=self.config.attention_dropout if self.training else 0.0,
+                           scaling=self.scaling, **kwargs)
+        return self.out_proj(out.reshape(batch, length, -1))
+
+
+class H3MLP(nn.Module):
+    """fc2(gelu_tanh(fc1(x))): (batch, length, d) -> (batch, length, d)."""
+
+    def __init__(self, config: H3Config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class H3Block(GradientCheckpointingLayer):
+    """Pre-norm block: r = r + mixer(norm1(r)); r = r + mlp(norm2(r))."""
+
+    def __init__(self, config: H3Config, layer_idx: int):
+        super().__init__()
+        self.is_attention = layer_idx in config.attn_layer_idx
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mixer = H3Attention(config, layer_idx) if self.is_attention else H3Mixer(config, layer_idx)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mlp = H3MLP(config)
+        self.dropout = nn.Dropout(config.resid_dropout)
+
+    def forward(self, hidden_states: torch.Tensor, causal_mask=None, ssm_mask=None, position_ids=None,
+                past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
+        normed = self.norm1(hidden_states)
+        if self.is_attention:
+            mixed = self.mixer(normed, attention_mask=causal_mask, position_ids=position_ids,
+                               past_key_values=past_key_values)
+        else:
+            mixed = self.mixer(normed, ssm_mask=ssm_mask, past_key_values=past_key_values)
+        hidden_states = hidden_states + self.dropout(mixed)
+        return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states)))
+
+
+class H3PreTrainedModel(PreTrainedModel):
+    config: H3Config
+    config_class = H3Config
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["H3Block"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _is_stateful = True
+    _keep_in_fp32_modules_strict = ["shift_kernel", "mixer.kernel"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """GPT-2-style init; SSM parameters keep their structured init."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (DiagonalSSMKernel, ShiftSSMKernel)):
+            for name, value in module.initial_values().items():
+                init.copy_(getattr(module, name), value)
+        elif isinstance(module, H3Mixer):
+            init.normal_(module.D)
+            init.normal_(module.ssm_k_D)
+        else:
+            super()._init_weights(module)
+        # residual-branch outputs: std / sqrt(2 n_layer), as in GPT-2 and the official code
+        if isinstance(module, (H3MLP, H3Attention)):
+            out = module.fc2 if isinstance(module, H3MLP) else module.out_proj
+            init.normal_(out.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
+
+
+def check_lm_inputs(config: H3Config, input_ids, inputs_embeds, attention_mask, past_length: int):
+    """Validate inputs before any work; returns (batch, length)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in "
+                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        shape = tuple(input_ids.shape)
+    else:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(f"inputs_embeds must have shape (batch, length, {config.hidden_size}), got "
+                             f"{tuple(inputs_embeds.shape)}")
+        shape = tuple(inputs_embeds.shape[:2])
+    if shape[1] == 0:
+        raise ValueError("the input sequences are empty (length 0)")
+    if attention_mask is not None and not isinstance(attention_mask, dict):
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != shape[0] or \
+                attention_mask.shape[1] not in (shape[1], past_length + shape[1]):
+            raise ValueError(f"attention_mask must have shape (batch, past + length) = ({shape[0]}, "
+                             f"{past_length + shape[1]}), got {tuple(attention_mask.shape)}")
+    return shape
+
+
+class H3Model(H3PreTrainedModel):
+    """Embedding -> H3 blocks -> ln_f. Returns ``BaseModelOutputWithPast`` (batch, length, d)."""
+
+    def __init__(self, config: H3Config):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.drop = nn.Dropout(config.embedding_dropout)
+        self.layers = nn.ModuleList([H3Block(config, i) for i in range(config.num_hidden_layers)])
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """
+        Args:
+            input_ids: (batch, length) token ids, or ``inputs_embeds`` (batch, length, d).
+            attention_mask: (batch, past + length), 0 at padding (left padding for generation); or the
+                dict of masks per layer type that ``generate()`` builds for compileable caches.
+            position_ids: (batch, length) positions for rotary attention (default: past + arange).
+            past_key_values: an ``H3Cache`` (created when ``use_cache`` and none is given).
+        """
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        past_length = cache_length(past_key_values)
+        batch, length = check_lm_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        if use_cache and past_key_values is None:
+            past_key_values = H3Cache(config=self.config)
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device)[None]
+            position_ids = position_ids.expand(batch, -1)
+
+        if isinstance(attention_mask, dict):
+            causal_mask = attention_mask.get("full_attention")
+            ssm_mask = attention_mask.get("linear_attention")
+            ssm_mask = ssm_mask[:, -length:] if ssm_mask is not None and ssm_mask.dim() == 2 else None
+        else:
+            ssm_mask = attention_mask[:, -length:] if attention_mask is not None else None
+            causal_mask = None
+            if self.config.attn_layer_idx:
+                causal_mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds,
+                                                 attention_mask=attention_mask, past_key_values=past_key_values,
+                                                 position_ids=position_ids)
+
+        hidden_states = self.drop(inputs_embeds)
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        for block in self.layers:
+            hidden_states = block(hidden_states, causal_mask=causal_mask, ssm_mask=ssm_mask,
+                                  position_ids=position_ids, past_key_values=past_key_values if use_cache else None)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+        hidden_states = self.ln_f(hidden_states)
+        if use_cache and hasattr(past_key_values, "seen_tokens"):
+            past_key_values.seen_tokens += length
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states,
+                                       past_key_values=past_key_values if use_cache else None,
+                                       hidden_states=all_hidden)
+
+
+class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
+    """H3Model + LM head tied to the embedding. Logits (batch, length, vocab_size)."""
+
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+
+    def __init__(self, config: H3Config):
+        super().__init__(config)
+        self.backbone = H3Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.backbone.embeddings
+
+    def set_input_embeddings(self, value):
+        self.backbone.embeddings = value
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length):
+        """Build an ``H3Cache`` (not a stock DynamicCache, which cannot count tokens without attention)."""
+        if (model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False
+                and generation_config.cache_implementation in (None, "dynamic")):
+            model_kwargs["past_key_values"] = H3Cache(config=self.config)
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
+                                                     max_cache_length)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | dict | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Same inputs as :class:`H3Model`, plus ``labels`` (batch, length) (-100 = ignored; shifted
+        inside the loss) and ``logits_to_keep`` (compute logits for the last N positions only)."""
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                output_hidden_states=output_hidden_states)
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states)
+
+
+__all__ = ["H3Cache", "H3PreTrainedModel", "H3Model", "H3ForCausalLM"]
