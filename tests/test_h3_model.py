@@ -52,7 +52,7 @@ def naive_h3_logits(model: H3ForCausalLM, ids: torch.Tensor) -> torch.Tensor:
                     ang = t * freqs
                     cos, sin = torch.cos(ang), torch.sin(ang)
 
-                    def rot(z):
+                    def rot(z, rd=rd, cos=cos, sin=sin):
                         a, b = z[..., : rd // 2], z[..., rd // 2: rd]
                         return torch.cat([a * cos - b * sin, b * cos + a * sin, z[..., rd:]], -1)
 
