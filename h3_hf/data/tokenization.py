@@ -1,0 +1,34 @@
+"""Tokenizers built locally with the `tokenizers` library (no download)."""
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def build_word_level_tokenizer(vocabulary: list[str], *, split_chars: bool = False, padding_side: str = "left",
+                               special_tokens: dict | None = None) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``vocabulary`` (ids in the given order, special tokens appended).
+
+    Args:
+        vocabulary: the plain tokens; their ids are 0..len-1 so that they match dataset ids.
+        split_chars: tokenise text character by character (otherwise on whitespace).
+        padding_side: "left" for generation (the default), "right" for classification.
+        special_tokens: mapping like ``{"pad_token": "<pad>"}``; defaults to pad/bos/eos/unk. Tokens
+            that are already in ``vocabulary`` keep their id.
+    """
+    special = dict(SPECIAL_TOKENS if special_tokens is None else special_tokens)
+    vocab = {tok: i for i, tok in enumerate(vocabulary)}
+    if len(vocab) != len(vocabulary):
+        raise ValueError("vocabulary has duplicate tokens")
+    for tok in special.values():
+        vocab.setdefault(tok, len(vocab))
+    unk = special.get("unk_token")
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    if split_chars:
+        tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+        tok.decoder = decoders.Fuse()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side=padding_side, **special)
