@@ -23,7 +23,7 @@ def main():
     results = train_classifier.main([
         "--model", "s4d", "--dataset", "digits", "--output_dir", output_dir,
         "--hidden_size", "32", "--num_hidden_layers", "2", "--state_size", "32",
-        "--num_train_epochs", "15", "--disable_tqdm", "true", "--log_level", "warning",
+        "--num_train_epochs", "20", "--disable_tqdm", "true", "--log_level", "warning",
     ])
     print(f"\nS4D test accuracy: {results['eval_accuracy']:.1%} "
           f"(majority class {results['majority_class_accuracy']:.1%}), trained in {results['train_runtime']:.0f} s")
