@@ -266,8 +266,13 @@ def fft_causal_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | 
     Returns:
         (..., H, L).
     """
+    kernel = kernel[..., :u.shape[-1]]
+    return _fft_conv(u, kernel, skip)
+
+
+def _fft_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    """Circular convolution of size 2L (kernel length <= 2L), first L outputs, plus skip * u."""
     length = u.shape[-1]
-    kernel = kernel[..., :length]
     dtype = compute_dtype(u, kernel)
     n = 2 * length
     with no_autocast(u.device.type):
@@ -292,18 +297,11 @@ def fft_bidirectional_conv(u: torch.Tensor, kernel_forward: torch.Tensor, kernel
         (..., H, L) with the dtype of ``u``.
     """
     length = u.shape[-1]
-    dtype = compute_dtype(u, kernel_forward, kernel_backward)
     pad = torch.zeros_like(kernel_forward[..., :length])
+    # lag j in [0, L) forward, position 2L - 1 - j holds backward lag j (wraps to u[t + j + 1])
     two_sided = torch.cat([kernel_forward[..., :length], pad], dim=-1) + torch.cat(
         [pad, kernel_backward[..., :length].flip(-1)], dim=-1)
-    n = 2 * length
-    with no_autocast(u.device.type):
-        uf = torch.fft.rfft(u.to(dtype), n=n)
-        kf = torch.fft.rfft(two_sided.to(dtype), n=n)
-        y = torch.fft.irfft(uf * kf, n=n)[..., :length]
-        if skip is not None:
-            y = y + skip.to(dtype).unsqueeze(-1) * u.to(dtype)
-    return y.to(u.dtype)
+    return _fft_conv(u, two_sided, skip)
 
 
 # --------------------------------------------------------------------------------------------
