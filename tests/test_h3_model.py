@@ -230,3 +230,26 @@ def test_dtype_loading_keeps_ssm_parameters_in_float32(tmp_path):
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
     ref = model(ids).logits
     assert (logits.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_eager_and_sdpa_attention_agree():
+    torch.manual_seed(0)
+    model = H3ForCausalLM(tiny_config(attn_layer_idx=[0, 2], rotary_emb_dim=4)).eval()
+    ids = torch.randint(0, 40, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :3] = 0
+    model.set_attn_implementation("sdpa")
+    sdpa = model(ids, attention_mask=mask).logits
+    model.set_attn_implementation("eager")
+    eager = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(eager[mask.bool()], sdpa[mask.bool()], rtol=0, atol=1e-5)
+
+
+def test_loss_uses_num_items_in_batch():
+    torch.manual_seed(0)
+    model = H3ForCausalLM(tiny_config()).eval()
+    ids = torch.randint(0, 40, (2, 10))
+    out = model(ids, labels=ids, num_items_in_batch=torch.tensor(36))
+    summed = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 40), ids[:, 1:].reshape(-1),
+                                               reduction="sum")
+    torch.testing.assert_close(out.loss, summed / 36)
