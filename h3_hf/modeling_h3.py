@@ -123,7 +123,7 @@ class H3Mixer(nn.Module):
             v = F.linear(x, self.v_proj.weight.to(dtype), self.v_proj.bias.to(dtype)).transpose(1, 2)
             k = mask_padding(k, ssm_mask)  # (B, d, L): padding never enters a state
             if prev_window is not None and length == 1:
-                y = self._step(q, k, v, prev_window, prev_state, cache)
+                y = self._step(q, k, v, prev_state, cache)
             else:
                 y = self._convolve(q, k, v, ssm_mask, prev_window, prev_state, cache)
             out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype), self.output_linear.bias.to(dtype))
@@ -151,7 +151,7 @@ class H3Mixer(nn.Module):
             cache.update_recurrent_state(state, self.layer_idx)
         return self._readout(q, z)
 
-    def _step(self, q, k, v, prev_window, prev_state, cache):
+    def _step(self, q, k, v, prev_state, cache):
         """Recurrent mode for one token: q, k, v (batch, d, 1)."""
         window = cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)[..., -self.state_size:]
         shift = self.shift_kernel().to(k.dtype)  # (d, N), lag 0 first; window is oldest first
