@@ -26,6 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .configuration_h3 import H3Config
+from .hub_utils import CodeInCheckpointMixin
 from .ssm import (
     DiagonalSSMKernel,
     ShiftSSMKernel,
@@ -306,7 +307,7 @@ class H3Block(GradientCheckpointingLayer):
         return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states)))
 
 
-class H3PreTrainedModel(PreTrainedModel):
+class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
     config: H3Config
     config_class = H3Config
     base_model_prefix = "backbone"
@@ -317,6 +318,8 @@ class H3PreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _is_stateful = True
     _keep_in_fp32_modules_strict = ["shift_kernel", "mixer.kernel"]
+    checkpoint_auto_map = {"AutoConfig": "configuration_h3.H3Config", "AutoModel": "modeling_h3.H3Model",
+                           "AutoModelForCausalLM": "modeling_h3.H3ForCausalLM"}
 
     @torch.no_grad()
     def _init_weights(self, module):

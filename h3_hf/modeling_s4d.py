@@ -18,6 +18,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .configuration_s4d import S4DConfig
+from .hub_utils import CodeInCheckpointMixin
 from .sequence_utils import build_encoder, classification_output, encode_inputs, run_blocks
 from .ssm import (
     DiagonalSSMKernel,
@@ -125,13 +126,15 @@ class S4DBlock(GradientCheckpointingLayer):
         return hidden_states if self.prenorm else self.norm(hidden_states)
 
 
-class S4DPreTrainedModel(PreTrainedModel):
+class S4DPreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
     config: S4DConfig
     config_class = S4DConfig
     base_model_prefix = "s4d"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["S4DBlock"]
+    checkpoint_auto_map = {"AutoConfig": "configuration_s4d.S4DConfig", "AutoModel": "modeling_s4d.S4DModel",
+                           "AutoModelForSequenceClassification": "modeling_s4d.S4DForSequenceClassification"}
 
     @torch.no_grad()
     def _init_weights(self, module):

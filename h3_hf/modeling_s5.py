@@ -16,6 +16,7 @@ from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .configuration_s5 import S5Config
+from .hub_utils import CodeInCheckpointMixin
 from .sequence_utils import build_encoder, classification_output, encode_inputs, run_blocks
 from .ssm import S5SSM
 
@@ -96,13 +97,15 @@ class S5Block(GradientCheckpointingLayer):
         return hidden_states if self.prenorm else self.norm(hidden_states)
 
 
-class S5PreTrainedModel(PreTrainedModel):
+class S5PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
     config: S5Config
     config_class = S5Config
     base_model_prefix = "s5"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["S5Block"]
+    checkpoint_auto_map = {"AutoConfig": "configuration_s5.S5Config", "AutoModel": "modeling_s5.S5Model",
+                           "AutoModelForSequenceClassification": "modeling_s5.S5ForSequenceClassification"}
     _keep_in_fp32_modules_strict = ["ssm"]
 
     @torch.no_grad()
