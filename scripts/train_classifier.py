@@ -21,11 +21,19 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, default_data_collator
+from transformers import HfArgumentParser, TrainingArguments, default_data_collator
 
 from h3_hf import S4DConfig, S4DForSequenceClassification, S5Config, S5ForSequenceClassification, create_ssm_optimizer
-from h3_hf.data import LISTOPS_VOCAB, PaddingCollator, load_irregular_digits, load_listops, load_sequential_digits
+from h3_hf.data import (
+    LISTOPS_VOCAB,
+    PaddingCollator,
+    listops_tokenizer,
+    load_irregular_digits,
+    load_listops,
+    load_sequential_digits,
+)
 from h3_hf.training import (
+    ModelCardTrainer,
     classification_accuracy,
     flag_value,
     save_results,
@@ -173,13 +181,13 @@ def main(argv=None):
                                      ssm_lr=model_args.ssm_lr,
                                      betas=(training_args.adam_beta1, training_args.adam_beta2),
                                      eps=training_args.adam_epsilon)
-    trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["test"],
-                      data_collator=collator, compute_metrics=classification_accuracy,
-                      optimizers=(optimizer, None))
+    trainer = ModelCardTrainer(model=model, args=training_args, train_dataset=data["train"],
+                               eval_dataset=data["test"], data_collator=collator,
+                               compute_metrics=classification_accuracy, optimizers=(optimizer, None),
+                               processing_class=listops_tokenizer() if data_args.dataset == "listops" else None)
     start = time.time()
     train_result = trainer.train()
     metrics = trainer.evaluate()
-    os.makedirs(training_args.output_dir, exist_ok=True)
     trainer.save_model(training_args.output_dir)
     results = {
         "model": model_args.model,
@@ -195,14 +203,20 @@ def main(argv=None):
         "majority_class_accuracy": max(data["test"]["labels"].count(c) for c in set(data["test"]["labels"]))
         / len(data["test"]),
         "seed": training_args.seed,
+        "world_size": training_args.world_size,
+        "example_prompt": "[MAX 2 9 [MIN 4 7 ] 0 ]" if data_args.dataset == "listops" else None,
         "model_args": asdict(model_args),
         "data_args": asdict(data_args),
         "training_args": training_summary(training_args),
         "config": model.config.to_diff_dict(),
     }
-    save_results(training_args.output_dir, results,
-                 ("model", "dataset", "eval_accuracy", "train_runtime", "majority_class_accuracy"))
-    plot_kernels(model, os.path.join(training_args.output_dir, "kernels_layer0.png"))
+    if trainer.is_world_process_zero():
+        save_results(training_args.output_dir, results,
+                     ("model", "dataset", "eval_accuracy", "train_runtime", "majority_class_accuracy"))
+        plot_kernels(model, os.path.join(training_args.output_dir, "kernels_layer0.png"))
+    trainer.create_model_card()  # OUTPUT_DIR/README.md
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
     return results
 
 

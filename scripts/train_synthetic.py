@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, default_data_collator
 
 from h3_hf import H3Config, H3ForCausalLM, create_ssm_optimizer
 from h3_hf.data.synthetics import (
@@ -30,7 +30,7 @@ from h3_hf.data.synthetics import (
     synthetic_parameters,
     synthetic_tokenizer,
 )
-from h3_hf.training import flag_value, save_results, training_summary, with_default_flags
+from h3_hf.training import ModelCardTrainer, flag_value, save_results, training_summary, with_default_flags
 
 MODELS = ("h3", "attention", "s4d", "h3_shift_only", "h3_diag_only")
 LOSS_ON = ("all", "answer")
@@ -164,17 +164,15 @@ def main(argv=None):
                                      betas=(training_args.adam_beta1, training_args.adam_beta2),
                                      eps=training_args.adam_epsilon)
     callbacks = [StopAtAccuracy(args.target_accuracy)] if args.target_accuracy is not None else []
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=data["validation"],
-                      data_collator=default_data_collator, compute_metrics=compute_metrics,
-                      preprocess_logits_for_metrics=preprocess_logits, optimizers=(optimizer, None),
-                      callbacks=callbacks)
+    trainer = ModelCardTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=data["validation"],
+                               data_collator=default_data_collator, compute_metrics=compute_metrics,
+                               preprocess_logits_for_metrics=preprocess_logits, optimizers=(optimizer, None),
+                               callbacks=callbacks, processing_class=tokenizer)
     start = time.time()
     train_result = trainer.train()
     validation = trainer.evaluate()
     test = trainer.evaluate(data["test"], metric_key_prefix="test")
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    trainer.save_model(training_args.output_dir)
-    tokenizer.save_pretrained(training_args.output_dir)
+    trainer.save_model(training_args.output_dir)  # model and tokenizer, on the main process only
     results = {
         "task": args.task,
         "model": args.model,
@@ -188,15 +186,28 @@ def main(argv=None):
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "random_baseline": random_baseline(data["test"]),
         "seed": training_args.seed,
+        "world_size": training_args.world_size,
         "task_params": params,
+        "example_prompt": example_prompt(data["test"][0], tokenizer),
         "args": asdict(args),
         "training_args": training_summary(training_args),
         "config": model.config.to_diff_dict(),
     }
-    save_results(training_args.output_dir, results, ("task", "model", "eval_accuracy", "global_step", "train_runtime"))
-    plot_curve(trainer.state.log_history, os.path.join(training_args.output_dir, "training_curve.png"),
-               f"{args.model} on {args.task} (test accuracy {results['eval_accuracy']:.1%})")
+    if trainer.is_world_process_zero():
+        save_results(training_args.output_dir, results,
+                     ("task", "model", "eval_accuracy", "global_step", "train_runtime"))
+        plot_curve(trainer.state.log_history, os.path.join(training_args.output_dir, "training_curve.png"),
+                   f"{args.model} on {args.task} (test accuracy {results['eval_accuracy']:.1%})")
+    trainer.create_model_card()  # OUTPUT_DIR/README.md
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
     return results
+
+
+def example_prompt(example: dict, tokenizer) -> str:
+    """The text of ``example`` up to its first scored position (what the model must continue)."""
+    first_scored = next(i for i, label in enumerate(example["labels"]) if label != -100)
+    return tokenizer.decode(example["input_ids"][:first_scored])
 
 
 def random_baseline(split) -> float:

@@ -6,6 +6,9 @@ import os
 import sys
 
 import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 import train_classifier  # noqa: E402
@@ -32,6 +35,18 @@ def test_listops_script_runs_with_padding_and_reports(tmp_path):
         "--listops_max_length", "60"])
     assert results["config"]["bidirectional"] is True  # the ListOps defaults were applied
     assert 0 <= results["eval_accuracy"] <= 1 and results["test_size"] == 32
+
+    # the output folder is a checkpoint with its tokenizer and card: the text-classification pipeline
+    # reproduces the model's prediction on a ListOps expression, and the card's usage text is ListOps
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    text = results["example_prompt"]
+    (prediction,) = pipeline("text-classification", model=str(tmp_path))([text])
+    with torch.no_grad():
+        logits = model(**tokenizer(text, return_tensors="pt")).logits[0]
+    assert prediction["label"] == model.config.id2label[int(logits.argmax())]
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.datasets == ["listops"] and text in card.text
 
 
 def test_small_s5_learns_sequential_digits(tmp_path):

@@ -3,7 +3,7 @@
 from .collators import PaddingCollator
 from .digits import load_irregular_digits, load_sequential_digits
 from .listops import VOCAB as LISTOPS_VOCAB
-from .listops import evaluate_listops, generate_listops, load_listops
+from .listops import evaluate_listops, generate_listops, listops_tokenizer, load_listops
 from .synthetics import (
     SYNTHETIC_TASKS,
     load_synthetic,
@@ -21,6 +21,7 @@ __all__ = [
     "generate_listops",
     "evaluate_listops",
     "LISTOPS_VOCAB",
+    "listops_tokenizer",
     "SYNTHETIC_TASKS",
     "load_synthetic",
     "load_synthetic_from_disk",

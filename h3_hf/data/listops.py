@@ -9,6 +9,9 @@ applied to 2..max_args sub-trees; trees are drawn until their token length lies 
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+from transformers import PreTrainedTokenizerFast
+
+from .tokenization import build_word_level_tokenizer
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -101,3 +104,11 @@ def load_listops(num_train: int = 5000, num_test: int = 1000, *, min_length: int
                                   "labels": [evaluate_listops(e) for e in exprs]}, features=features)
 
     return DatasetDict(train=to_dataset(train), test=to_dataset(test))
+
+
+def listops_tokenizer() -> PreTrainedTokenizerFast:
+    """Whitespace word-level tokenizer for ListOps text (``"[MAX 2 9 ]"``) whose ids are the dataset's.
+
+    ``<pad>`` is id 0 and padding is on the right, as the classifiers expect.
+    """
+    return build_word_level_tokenizer(list(VOCAB), padding_side="right", special_tokens={"pad_token": PAD})

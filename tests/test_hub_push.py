@@ -1,0 +1,226 @@
+"""push_to_hub of models, tokenizers, datasets and training runs, with the Hub client replaced by a recorder.
+
+Nothing here reaches the network: the objects that transformers (``transformers.utils.hub.hf_api``,
+``transformers.trainer.hf_api``) and datasets (``HfApi``, ``HfFileSystem``) talk to are swapped for
+``FakeHub``, which keeps the bytes of every file a commit would upload.
+"""
+
+import io
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
+
+import fsspec
+import pytest
+import torch
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, ModelCard
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from h3_hf import (
+    H3Config,
+    H3ForCausalLM,
+    S4DConfig,
+    S4DForSequenceClassification,
+    S5Config,
+    S5ForSequenceClassification,
+)
+from h3_hf.data import load_synthetic, synthetic_tokenizer
+from h3_hf.model_card import build_model_card
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import train_synthetic  # noqa: E402
+
+
+class FakeHub:
+    """Records repos and the files of each commit (path in repo -> bytes) instead of calling the Hub."""
+
+    def __init__(self):
+        self.repos, self.commits, self._preuploaded = [], [], {}
+
+    def create_repo(self, repo_id, **kwargs):
+        self.repos.append((repo_id, kwargs.get("repo_type")))
+        return SimpleNamespace(repo_id=repo_id, url=f"https://hub.invalid/{repo_id}")
+
+    def repo_info(self, repo_id, **kwargs):
+        if repo_id not in [name for name, _ in self.repos]:
+            raise RepositoryNotFoundError(f"{repo_id} does not exist yet", response=mock.Mock(status_code=404))
+        return SimpleNamespace(id=repo_id, sha="0" * 40)
+
+    def create_branch(self, *args, **kwargs):
+        pass
+
+    @staticmethod
+    def _read(source) -> bytes:
+        if isinstance(source, bytes):
+            return source
+        if isinstance(source, (str, os.PathLike)):
+            return Path(source).read_bytes()
+        source.seek(0)
+        return source.read()
+
+    def preupload_lfs_files(self, repo_id, additions, **kwargs):
+        for op in additions:  # datasets deletes its temporary parquet files right after this call
+            self._preuploaded[op.path_in_repo] = self._read(op.path_or_fileobj)
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        files, deleted = {}, []
+        for op in operations:
+            if isinstance(op, CommitOperationAdd):
+                files[op.path_in_repo] = self._preuploaded.pop(op.path_in_repo, None) or self._read(op.path_or_fileobj)
+            elif isinstance(op, CommitOperationDelete):
+                deleted.append(op.path_in_repo)
+        self.commits.append(dict(repo_id=repo_id, files=files, deleted=deleted, **kwargs))
+        return SimpleNamespace(commit_url=f"https://hub.invalid/{repo_id}/commit/1", oid="1" * 40,
+                               pr_url=None, repo_url=SimpleNamespace(repo_id=repo_id))
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        files = {}
+        for path in Path(folder_path).rglob("*"):
+            rel = path.relative_to(folder_path).as_posix()
+            if path.is_file() and not any(Path(rel).match(p) or rel.startswith(p.rstrip("*"))
+                                          for p in ignore_patterns):
+                files[rel] = path.read_bytes()
+        self.commits.append(dict(repo_id=repo_id, files=files, deleted=[], **kwargs))
+        return f"https://hub.invalid/{repo_id}"
+
+
+@pytest.fixture
+def hub():
+    fake = FakeHub()
+
+    def no_card_on_hub(*args, **kwargs):
+        raise EntryNotFoundError("no README.md in this new repo")
+
+    with mock.patch("transformers.utils.hub.hf_api", return_value=fake), \
+            mock.patch("transformers.trainer.hf_api", return_value=fake), \
+            mock.patch("transformers.utils.hub.ModelCard.load", side_effect=no_card_on_hub), \
+            mock.patch("datasets.dataset_dict.HfApi", return_value=fake), \
+            mock.patch("datasets.arrow_dataset.HfApi", return_value=fake), \
+            mock.patch("datasets.dataset_dict.HfFileSystem", side_effect=lambda **kw: fsspec.filesystem("memory")):
+        yield fake
+
+
+def small_model(kind: str):
+    torch.manual_seed(0)
+    if kind == "h3":
+        return H3ForCausalLM(H3Config(vocab_size=12, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                      state_size=4, attn_layer_idx=[1]))
+    common = dict(vocab_size=12, hidden_size=8, num_hidden_layers=1, state_size=4, num_labels=2)
+    if kind == "s4d":
+        return S4DForSequenceClassification(S4DConfig(**common))
+    return S5ForSequenceClassification(S5Config(blocks=2, **common))
+
+
+def unpack(files: dict[str, bytes], folder: Path) -> Path:
+    for name, content in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["h3", "s4d", "s5"])
+def test_model_push_uploads_a_self_contained_checkpoint(kind, hub, tmp_path):
+    model = small_model(kind)
+    model.push_to_hub(f"someone/{kind}-tiny")
+
+    assert hub.repos == [(f"someone/{kind}-tiny", None)]
+    (commit,) = hub.commits
+    code = {f"modeling_{kind}.py", f"configuration_{kind}.py", "ssm.py", "hub_utils.py"}
+    code |= {"sequence_utils.py"} if kind != "h3" else set()
+    expected = {"README.md", "config.json", "model.safetensors", *code}
+    expected |= {"generation_config.json"} if kind == "h3" else set()
+    assert set(commit["files"]) == expected
+    card = ModelCard(commit["files"]["README.md"].decode())
+    assert card.data.library_name == "transformers"
+    config = json.loads(commit["files"]["config.json"])
+    assert config["model_type"] == kind and set(config["auto_map"]) >= {"AutoConfig", "AutoModel"}
+
+    head_class = AutoModelForCausalLM if kind == "h3" else AutoModelForSequenceClassification
+    reloaded = head_class.from_pretrained(unpack(commit["files"], tmp_path))
+    for name, value in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value), name
+
+
+def test_tokenizer_push_uploads_tokenizer_files(hub, tmp_path):
+    tokenizer = synthetic_tokenizer(10)
+    tokenizer.push_to_hub("someone/ar-tokenizer")
+    (commit,) = hub.commits
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(commit["files"])
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(unpack(commit["files"], tmp_path))
+    assert reloaded("0 5 => 0")["input_ids"] == tokenizer("0 5 => 0")["input_ids"]
+
+
+def test_dataset_push_uploads_every_split_as_parquet_and_a_card(hub):
+    data = load_synthetic("associative_recall", num_train=64, num_validation=16, num_test=16, seed=3)
+    data.push_to_hub("someone/associative-recall")
+
+    assert hub.repos == [("someone/associative-recall", "dataset")]
+    (commit,) = hub.commits
+    parquet = sorted(f for f in commit["files"] if f.endswith(".parquet"))
+    assert [re.sub(r"-\d+-of-\d+", "", f) for f in parquet] == [
+        "data/test.parquet", "data/train.parquet", "data/validation.parquet"]
+    import pyarrow.parquet as pq
+
+    for split in ("train", "validation", "test"):
+        (name,) = [f for f in parquet if f.startswith(f"data/{split}-")]
+        table = pq.read_table(io.BytesIO(commit["files"][name]))
+        assert table.column("input_ids").to_pylist() == data[split]["input_ids"]
+        assert table.column("labels").to_pylist() == data[split]["labels"]
+    card = commit["files"]["README.md"].decode()
+    assert "configs:" in card and "train" in card
+
+
+def test_training_script_push_uploads_the_h3hf_model_card(hub, tmp_path):
+    out = tmp_path / "run"
+    results = train_synthetic.main([
+        "--task", "associative_recall", "--model", "h3", "--output_dir", str(out), "--num_train", "64",
+        "--num_validation", "32", "--num_test", "32", "--max_steps", "3", "--eval_steps", "3",
+        "--per_device_train_batch_size", "16", "--push_to_hub", "--hub_model_id", "someone/ar-h3",
+        "--log_level", "error"])
+
+    commit = hub.commits[-1]
+    assert commit["repo_id"] == "someone/ar-h3"
+    files = set(commit["files"])
+    assert {"README.md", "config.json", "model.safetensors", "modeling_h3.py", "configuration_h3.py", "ssm.py",
+            "hub_utils.py", "tokenizer.json", "results.json", "training_curve.png"} <= files
+    card = ModelCard(commit["files"]["README.md"].decode())
+    assert card.content == (out / "README.md").read_text()  # the card the script wrote is the one uploaded
+    assert card.data.pipeline_tag == "text-generation" and card.data.datasets == ["associative_recall"]
+    (evaluation,) = card.data.eval_results
+    assert evaluation.metric_type == "accuracy"
+    assert evaluation.metric_value == pytest.approx(results["eval_accuracy"], abs=1e-4)
+    assert "## Evaluation results" in card.text and "## Citation" in card.text
+
+
+@pytest.mark.parametrize("kind", ["h3", "s4d", "s5"])
+def test_model_card_metadata_and_usage_code(kind, tmp_path):
+    """The card's YAML parses into the Hub's metadata classes and its "How to use" code runs as written."""
+    model = small_model(kind)
+    model.save_pretrained(tmp_path)
+    if kind == "h3":
+        synthetic_tokenizer(10).save_pretrained(tmp_path)
+    results = {"eval_accuracy": 0.875, "dataset" if kind != "h3" else "task": "toy", "seed": 0}
+    card = build_model_card(model.config, results, model_id=str(tmp_path), has_tokenizer=kind == "h3")
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+    metadata = loaded.data.to_dict()
+    assert metadata["library_name"] == "transformers" and metadata["license"] == "apache-2.0"
+    assert metadata["pipeline_tag"] == ("text-generation" if kind == "h3" else "text-classification")
+    assert {kind, "custom_code"} <= set(metadata["tags"]) and metadata["metrics"] == ["accuracy"]
+    assert loaded.data.eval_results[0].metric_value == 0.875
+    for section in ("## How to use", "## Training data", "## Evaluation results", "## Limitations", "## Citation"):
+        assert section in loaded.text
+    (usage,) = re.findall(r"```python\n(.*?)```", loaded.text, flags=re.S)
+    exec(compile(usage, "model-card-usage", "exec"), {})
+
+
+def test_model_card_rejects_unknown_model_type():
+    with pytest.raises(ValueError, match="model_type"):
+        build_model_card(SimpleNamespace(model_type="gpt2"))
