@@ -204,6 +204,11 @@ class S4DModel(S4DPreTrainedModel):
 class S4DForSequenceClassification(S4DPreTrainedModel):
     """S4DModel + pooling + Linear(hidden_size, num_labels); HF `problem_type` losses."""
 
+    # The loss is a mean over this batch's examples: the Trainer must neither pass num_items_in_batch nor
+    # multiply the loss by the number of processes (it does both for models whose forward takes **kwargs,
+    # which doubled the loss and the gradients under 2-process DDP).
+    accepts_loss_kwargs = False
+
     def __init__(self, config: S4DConfig):
         super().__init__(config)
         self.num_labels = config.num_labels

@@ -176,6 +176,11 @@ class S5Model(S5PreTrainedModel):
 class S5ForSequenceClassification(S5PreTrainedModel):
     """S5Model + pooling + Linear(hidden_size, num_labels); HF `problem_type` losses."""
 
+    # The loss is a mean over this batch's examples: the Trainer must neither pass num_items_in_batch nor
+    # multiply the loss by the number of processes (it does both for models whose forward takes **kwargs,
+    # which doubled the loss and the gradients under 2-process DDP).
+    accepts_loss_kwargs = False
+
     def __init__(self, config: S5Config):
         super().__init__(config)
         self.num_labels = config.num_labels

@@ -186,7 +186,7 @@ def main(argv=None):
                                compute_metrics=classification_accuracy, optimizers=(optimizer, None),
                                processing_class=listops_tokenizer() if data_args.dataset == "listops" else None)
     start = time.time()
-    train_result = trainer.train()
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
     results = {

@@ -169,7 +169,7 @@ def main(argv=None):
                                preprocess_logits_for_metrics=preprocess_logits, optimizers=(optimizer, None),
                                callbacks=callbacks, processing_class=tokenizer)
     start = time.time()
-    train_result = trainer.train()
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     validation = trainer.evaluate()
     test = trainer.evaluate(data["test"], metric_key_prefix="test")
     trainer.save_model(training_args.output_dir)  # model and tokenizer, on the main process only
