@@ -83,3 +83,26 @@ def test_training_scripts_run_unchanged_under_accelerate_and_torchrun(tmp_path):
         results = json.loads((out / "results.json").read_text())
         assert results["world_size"] == 2 and results["global_step"] == 3
         assert {"README.md", "model.safetensors", "config.json", "tokenizer.json"} <= set(os.listdir(out))
+
+
+@pytest.mark.parametrize("kind", ["h3", "s4d", "s5"])
+def test_fsdp_auto_wrap_policy_wraps_each_residual_block(kind):
+    """accelerate builds FSDP's transformer auto-wrap policy from ``_no_split_modules``: one unit per block.
+
+    (FSDP itself needs an accelerator: accelerate only enables it off the MULTI_CPU path.)
+    """
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from h3_hf import H3Config, H3ForCausalLM, S4DConfig, S4DForSequenceClassification, S5Config, S5Model
+
+    model = {"h3": lambda: H3ForCausalLM(H3Config(vocab_size=20, hidden_size=16, num_hidden_layers=3,
+                                                  num_attention_heads=2, state_size=4, attn_layer_idx=[1])),
+             "s4d": lambda: S4DForSequenceClassification(S4DConfig(vocab_size=20, hidden_size=8, num_hidden_layers=3,
+                                                                   state_size=4, num_labels=2)),
+             "s5": lambda: S5Model(S5Config(vocab_size=20, hidden_size=8, num_hidden_layers=3, state_size=4,
+                                            blocks=2))}[kind]()
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+    plugin.set_auto_wrap_policy(model)
+    wrapped = [name for name, module in model.named_modules()
+               if plugin.auto_wrap_policy(module=module, recurse=False, nonwrapped_numel=0)]
+    assert len(wrapped) == 3 and all(type(model.get_submodule(n)).__name__ == f"{kind.upper()}Block" for n in wrapped)

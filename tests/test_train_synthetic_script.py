@@ -95,3 +95,32 @@ def test_h3_reaches_99_percent_and_s4d_does_not(tmp_path, task, h3_flags, s4d_fl
     s4d = train_synthetic.main(["--task", task, "--model", "s4d", "--output_dir", str(tmp_path / "s4d"), *s4d_flags])
     assert h3["eval_accuracy"] >= 0.99 and h3["train_runtime"] < 600
     assert s4d["eval_accuracy"] < 0.9
+
+
+def test_bf16_mixed_precision_training_keeps_ssm_math_in_float32(tmp_path, monkeypatch):
+    """``--bf16`` (CPU autocast here, CUDA autocast on a GPU) runs the MLPs in bfloat16 while every FFT of the
+    SSM convolutions sees float32 inputs (the H3 mixer switches autocast off); training stays finite."""
+    fft_dtypes, projection_dtypes = set(), set()
+    real_rfft = torch.fft.rfft
+
+    def recording_rfft(x, *args, **kwargs):
+        fft_dtypes.add(x.dtype)
+        return real_rfft(x, *args, **kwargs)
+
+    real_build = train_synthetic.build_model
+
+    def build_with_hook(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        mlp_linear = next(m for m in model.backbone.layers[0].mlp.modules() if isinstance(m, torch.nn.Linear))
+        mlp_linear.register_forward_hook(lambda module, inputs, output: projection_dtypes.add(output.dtype))
+        return model
+
+    monkeypatch.setattr(torch.fft, "rfft", recording_rfft)
+    monkeypatch.setattr(train_synthetic, "build_model", build_with_hook)
+    results = train_synthetic.main([
+        "--task", "associative_recall", "--model", "h3", "--output_dir", str(tmp_path), "--num_train", "64",
+        "--num_validation", "32", "--num_test", "32", "--max_steps", "4", "--eval_steps", "4",
+        "--per_device_train_batch_size", "16", "--bf16", "true", "--use_cpu", "true", "--log_level", "error"])
+    assert torch.bfloat16 in projection_dtypes  # autocast really was on
+    assert fft_dtypes == {torch.float32}
+    assert np.isfinite(results["test_loss"])
