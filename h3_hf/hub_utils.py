@@ -4,23 +4,22 @@
 ``from .hub_utils import ...``), so it imports nothing but transformers.
 """
 
-from transformers.dynamic_module_utils import custom_object_save
-
 
 class CodeInCheckpointMixin:
     """Mixin for a ``PreTrainedModel`` family whose checkpoints carry their own code.
 
-    ``save_pretrained`` (and so ``push_to_hub`` and the Trainer's checkpoints) writes, besides the weights and
-    config, the file defining the model class and, recursively, every file it imports with ``from .x import y``;
-    ``config.auto_map`` names every Auto class of the family (``checkpoint_auto_map``), not only the saved one
-    as ``register_for_auto_class`` would. ``AutoModel*.from_pretrained(folder, trust_remote_code=True)`` then
-    works on a machine without this package, while with the package imported its registered classes are used.
+    The family's model classes are registered with ``register_for_auto_class`` (at the end of their modeling
+    file), so transformers' own ``save_pretrained`` copies the file defining the saved class and, recursively,
+    every file it imports with ``from .x import y`` into the checkpoint, before any upload
+    (``save_pretrained(push_to_hub=True)``, ``push_to_hub``, the Trainer's checkpoints). transformers would put
+    only the saved class into ``config.auto_map``; this mixin adds every Auto class of the family
+    (``checkpoint_auto_map``, merged over entries the config already has), so ``AutoConfig``, ``AutoModel``
+    and the task Auto class all load the folder with ``trust_remote_code=True`` on a machine without this
+    package. With the package imported, its registered classes are used instead.
     """
 
     checkpoint_auto_map: dict[str, str] = {}  # Auto class name -> "file_stem.ClassName"
 
     def save_pretrained(self, save_directory, **kwargs):
-        self.config.auto_map = dict(self.checkpoint_auto_map)
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self.checkpoint_auto_map}
         super().save_pretrained(save_directory, **kwargs)
-        if kwargs.get("is_main_process", True):
-            custom_object_save(self, save_directory)

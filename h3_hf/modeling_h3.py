@@ -506,4 +506,9 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
                                       hidden_states=outputs.hidden_states)
 
 
+# save_pretrained copies this file and its relative imports into every checkpoint (see hub_utils.py)
+H3Model.register_for_auto_class("AutoModel")
+H3ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
 __all__ = ["H3Cache", "H3PreTrainedModel", "H3Model", "H3ForCausalLM"]

@@ -204,9 +204,9 @@ class S4DModel(S4DPreTrainedModel):
 class S4DForSequenceClassification(S4DPreTrainedModel):
     """S4DModel + pooling + Linear(hidden_size, num_labels); HF `problem_type` losses."""
 
-    # The loss is a mean over this batch's examples: the Trainer must neither pass num_items_in_batch nor
-    # multiply the loss by the number of processes (it does both for models whose forward takes **kwargs,
-    # which doubled the loss and the gradients under 2-process DDP).
+    # The loss is a mean over this batch's examples: the Trainer must neither pass num_items_in_batch nor rescale
+    # the loss (for models whose forward takes **kwargs it multiplies by the number of processes and skips the
+    # division by gradient_accumulation_steps, which doubled the gradients under 2-process DDP or 2-step accumulation).
     accepts_loss_kwargs = False
 
     def __init__(self, config: S4DConfig):
@@ -238,6 +238,11 @@ class S4DForSequenceClassification(S4DPreTrainedModel):
         outputs = self.s4d(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                            input_values=input_values, output_hidden_states=output_hidden_states)
         return classification_output(self, outputs, attention_mask, labels)
+
+
+# save_pretrained copies this file and its relative imports into every checkpoint (see hub_utils.py)
+S4DModel.register_for_auto_class("AutoModel")
+S4DForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 
 __all__ = ["S4DLayer", "S4DBlock", "S4DPreTrainedModel", "S4DModel", "S4DForSequenceClassification"]

@@ -1,4 +1,4 @@
-"""Optimizer parameter groups for SSM models, shared training metrics and the model-card Trainer.
+"""Optimizer parameter groups for SSM models and shared training metrics.
 
 The S4/S5/H3 papers train the SSM parameters (step sizes, A, B) with no weight decay and often a
 smaller learning rate than the rest. ``transformers.Trainer`` only knows decay / no-decay, so build
@@ -14,9 +14,6 @@ import os
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer
-
-from .model_card import write_model_card
 
 _NO_DECAY_PATTERNS = ("bias", "norm")
 
@@ -116,22 +113,3 @@ def save_results(output_dir: str, results: dict, print_keys: tuple) -> None:
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
     print(json.dumps({k: results[k] for k in print_keys}))
-
-
-class ModelCardTrainer(Trainer):
-    """``Trainer`` whose model card is the h3-hf one (``h3_hf.model_card``), not the generic training summary.
-
-    ``create_model_card`` (which ``push_to_hub`` calls before uploading OUTPUT_DIR) writes OUTPUT_DIR/README.md
-    from the model's config and OUTPUT_DIR/results.json, so the card a training script writes is the card
-    that reaches the Hub.
-    """
-
-    def create_model_card(self, **kwargs) -> None:
-        if not self.is_world_process_zero():
-            return
-        output_dir = self.args.output_dir
-        results_path = os.path.join(output_dir, "results.json")
-        results = json.load(open(results_path)) if os.path.exists(results_path) else None
-        write_model_card(output_dir, self.accelerator.unwrap_model(self.model).config, results,
-                         model_id=self.hub_model_id,
-                         has_tokenizer=os.path.exists(os.path.join(output_dir, "tokenizer_config.json")))

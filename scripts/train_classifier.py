@@ -32,8 +32,8 @@ from h3_hf.data import (
     load_listops,
     load_sequential_digits,
 )
+from h3_hf.model_card import ModelCardTrainer
 from h3_hf.training import (
-    ModelCardTrainer,
     classification_accuracy,
     flag_value,
     save_results,
@@ -188,7 +188,6 @@ def main(argv=None):
     start = time.time()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
-    trainer.save_model(training_args.output_dir)
     results = {
         "model": model_args.model,
         "dataset": data_args.dataset,
@@ -211,12 +210,16 @@ def main(argv=None):
         "config": model.config.to_diff_dict(),
     }
     if trainer.is_world_process_zero():
+        os.makedirs(training_args.output_dir, exist_ok=True)
         save_results(training_args.output_dir, results,
                      ("model", "dataset", "eval_accuracy", "train_runtime", "majority_class_accuracy"))
         plot_kernels(model, os.path.join(training_args.output_dir, "kernels_layer0.png"))
-    trainer.create_model_card()  # OUTPUT_DIR/README.md
+    trainer.run_results = results
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        trainer.push_to_hub()  # saves model (+ code, tokenizer) and card into OUTPUT_DIR, then one upload
+    else:
+        trainer.save_model(training_args.output_dir)  # on the main process only
+        trainer.create_model_card()  # OUTPUT_DIR/README.md
     return results
 
 

@@ -30,7 +30,8 @@ from h3_hf.data.synthetics import (
     synthetic_parameters,
     synthetic_tokenizer,
 )
-from h3_hf.training import ModelCardTrainer, flag_value, save_results, training_summary, with_default_flags
+from h3_hf.model_card import ModelCardTrainer
+from h3_hf.training import flag_value, save_results, training_summary, with_default_flags
 
 MODELS = ("h3", "attention", "s4d", "h3_shift_only", "h3_diag_only")
 LOSS_ON = ("all", "answer")
@@ -69,7 +70,8 @@ class SyntheticArguments:
     state_size: int = field(default=64)
     num_attention_heads: int = field(default=4)
     embedding_dropout: float = field(default=0.1)
-    ssm_lr: float = field(default=1e-3, metadata={"help": "learning rate of the SSM parameters (no weight decay)"})
+    ssm_lr: float | None = field(default=None, metadata={
+        "help": "learning rate of the SSM parameters (no weight decay); default: --learning_rate"})
     loss_on: str = field(default="all", metadata={"help": f"one of {LOSS_ON}: training positions in the loss"})
     target_accuracy: float | None = field(default=None, metadata={"help": "stop once validation reaches it"})
 
@@ -160,7 +162,7 @@ def main(argv=None):
     torch.manual_seed(training_args.seed)
     model = build_model(args, len(tokenizer), tokenizer.pad_token_id)
     optimizer = create_ssm_optimizer(model, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
-                                     ssm_lr=min(args.ssm_lr, training_args.learning_rate),
+                                     ssm_lr=args.ssm_lr if args.ssm_lr is not None else training_args.learning_rate,
                                      betas=(training_args.adam_beta1, training_args.adam_beta2),
                                      eps=training_args.adam_epsilon)
     callbacks = [StopAtAccuracy(args.target_accuracy)] if args.target_accuracy is not None else []
@@ -172,7 +174,6 @@ def main(argv=None):
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     validation = trainer.evaluate()
     test = trainer.evaluate(data["test"], metric_key_prefix="test")
-    trainer.save_model(training_args.output_dir)  # model and tokenizer, on the main process only
     results = {
         "task": args.task,
         "model": args.model,
@@ -194,13 +195,17 @@ def main(argv=None):
         "config": model.config.to_diff_dict(),
     }
     if trainer.is_world_process_zero():
+        os.makedirs(training_args.output_dir, exist_ok=True)
         save_results(training_args.output_dir, results,
                      ("task", "model", "eval_accuracy", "global_step", "train_runtime"))
         plot_curve(trainer.state.log_history, os.path.join(training_args.output_dir, "training_curve.png"),
                    f"{args.model} on {args.task} (test accuracy {results['eval_accuracy']:.1%})")
-    trainer.create_model_card()  # OUTPUT_DIR/README.md
+    trainer.run_results = results
     if training_args.push_to_hub:
-        trainer.push_to_hub()
+        trainer.push_to_hub()  # saves model (+ code, tokenizer) and card into OUTPUT_DIR, then one upload
+    else:
+        trainer.save_model(training_args.output_dir)  # on the main process only
+        trainer.create_model_card()  # OUTPUT_DIR/README.md
     return results
 
 

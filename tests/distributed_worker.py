@@ -39,9 +39,10 @@ def build(kind: str):
     return S4DForSequenceClassification(config), data
 
 
-def main(kind: str, out_dir: str, per_device_batch: int):
+def main(kind: str, out_dir: str, per_device_batch: int, accumulation_steps: int = 1):
     model, data = build(kind)
     args = TrainingArguments(output_dir=out_dir, max_steps=STEPS, per_device_train_batch_size=per_device_batch,
+                             gradient_accumulation_steps=accumulation_steps,
                              learning_rate=1e-3, lr_scheduler_type="constant", use_cpu=True, seed=0,
                              save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=True,
                              dataloader_num_workers=0, ddp_find_unused_parameters=False,

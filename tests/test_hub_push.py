@@ -5,11 +5,13 @@ Nothing here reaches the network: the objects that transformers (``transformers.
 ``FakeHub``, which keeps the bytes of every file a commit would upload.
 """
 
+import fnmatch
 import io
 import json
 import os
 import re
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -78,15 +80,19 @@ class FakeHub:
         return SimpleNamespace(commit_url=f"https://hub.invalid/{repo_id}/commit/1", oid="1" * 40,
                                pr_url=None, repo_url=SimpleNamespace(repo_id=repo_id))
 
-    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), run_as_future=False, **kwargs):
         files = {}
         for path in Path(folder_path).rglob("*"):
             rel = path.relative_to(folder_path).as_posix()
-            if path.is_file() and not any(Path(rel).match(p) or rel.startswith(p.rstrip("*"))
-                                          for p in ignore_patterns):
+            if path.is_file() and not any(fnmatch.fnmatch(rel.split("/")[0], p) for p in ignore_patterns):
                 files[rel] = path.read_bytes()
         self.commits.append(dict(repo_id=repo_id, files=files, deleted=[], **kwargs))
-        return f"https://hub.invalid/{repo_id}"
+        url = f"https://hub.invalid/{repo_id}"
+        if not run_as_future:
+            return url
+        done = Future()  # the Trainer's mid-training pushes run in the background
+        done.set_result(url)
+        return done
 
 
 @pytest.fixture
@@ -97,6 +103,7 @@ def hub():
         raise EntryNotFoundError("no README.md in this new repo")
 
     with mock.patch("transformers.utils.hub.hf_api", return_value=fake), \
+            mock.patch("transformers.modeling_utils.hf_api", return_value=fake), \
             mock.patch("transformers.trainer.hf_api", return_value=fake), \
             mock.patch("transformers.utils.hub.ModelCard.load", side_effect=no_card_on_hub), \
             mock.patch("datasets.dataset_dict.HfApi", return_value=fake), \
@@ -185,7 +192,7 @@ def test_training_script_push_uploads_the_h3hf_model_card(hub, tmp_path):
         "--per_device_train_batch_size", "16", "--push_to_hub", "--hub_model_id", "someone/ar-h3",
         "--log_level", "error"])
 
-    commit = hub.commits[-1]
+    (commit,) = hub.commits  # one upload, after the results exist
     assert commit["repo_id"] == "someone/ar-h3"
     files = set(commit["files"])
     assert {"README.md", "config.json", "model.safetensors", "modeling_h3.py", "configuration_h3.py", "ssm.py",
@@ -224,3 +231,28 @@ def test_model_card_metadata_and_usage_code(kind, tmp_path):
 def test_model_card_rejects_unknown_model_type():
     with pytest.raises(ValueError, match="model_type"):
         build_model_card(SimpleNamespace(model_type="gpt2"))
+
+
+def test_save_pretrained_with_push_uploads_the_code_too(hub, tmp_path):
+    model = small_model("s5")
+    model.save_pretrained(tmp_path / "s5", push_to_hub=True, repo_id="someone/s5-tiny")
+    (commit,) = hub.commits
+    assert {"modeling_s5.py", "configuration_s5.py", "sequence_utils.py", "ssm.py", "hub_utils.py",
+            "config.json", "model.safetensors"} <= set(commit["files"])
+
+
+def test_every_mid_training_push_is_a_loadable_checkpoint(hub, tmp_path):
+    """With checkpoints every 2 steps and the Trainer's default hub_strategy, each upload carries the code."""
+    out = tmp_path / "run"
+    train_synthetic.main([
+        "--task", "associative_recall", "--model", "h3", "--output_dir", str(out), "--num_train", "64",
+        "--num_validation", "16", "--num_test", "16", "--max_steps", "4", "--eval_steps", "4",
+        "--per_device_train_batch_size", "16", "--save_strategy", "steps", "--save_steps", "2",
+        "--push_to_hub", "--hub_model_id", "someone/ar-h3", "--log_level", "error"])
+    assert len(hub.commits) >= 3  # two checkpoints, then the final push
+    for commit in hub.commits:
+        files = set(commit["files"])
+        assert not any(f.startswith("checkpoint-") for f in files)
+        assert {"config.json", "model.safetensors", "modeling_h3.py", "configuration_h3.py", "ssm.py"} <= files
+    final = ModelCard(hub.commits[-1]["files"]["README.md"].decode())
+    assert final.data.eval_results[0].metric_type == "accuracy"

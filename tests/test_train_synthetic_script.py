@@ -100,11 +100,12 @@ def test_h3_reaches_99_percent_and_s4d_does_not(tmp_path, task, h3_flags, s4d_fl
 def test_bf16_mixed_precision_training_keeps_ssm_math_in_float32(tmp_path, monkeypatch):
     """``--bf16`` (CPU autocast here, CUDA autocast on a GPU) runs the MLPs in bfloat16 while every FFT of the
     SSM convolutions sees float32 inputs (the H3 mixer switches autocast off); training stays finite."""
-    fft_dtypes, projection_dtypes = set(), set()
+    fft_dtypes, fft_under_autocast, projection_dtypes = set(), set(), set()
     real_rfft = torch.fft.rfft
 
     def recording_rfft(x, *args, **kwargs):
         fft_dtypes.add(x.dtype)
+        fft_under_autocast.add(torch.is_autocast_enabled("cpu"))
         return real_rfft(x, *args, **kwargs)
 
     real_build = train_synthetic.build_model
@@ -122,5 +123,5 @@ def test_bf16_mixed_precision_training_keeps_ssm_math_in_float32(tmp_path, monke
         "--num_validation", "32", "--num_test", "32", "--max_steps", "4", "--eval_steps", "4",
         "--per_device_train_batch_size", "16", "--bf16", "true", "--use_cpu", "true", "--log_level", "error"])
     assert torch.bfloat16 in projection_dtypes  # autocast really was on
-    assert fft_dtypes == {torch.float32}
+    assert fft_dtypes == {torch.float32} and fft_under_autocast == {False}
     assert np.isfinite(results["test_loss"])
