@@ -6,8 +6,8 @@
 Models share one backbone (H3Config/H3ForCausalLM, the paper's 2 layers of width 32 by default):
 "h3"; "attention" (every mixer causal attention, rotary positions); "s4d" (gelu(diag_ssm(x)), S4D-Inv,
 ZOH); the ablations "h3_shift_only" and "h3_diag_only". Training loss: next-token cross-entropy on
-every position (``--loss_on all``, the paper) or only on the scored ones (``answer``, the MQAR
-default). Validation accuracy is checked every ``--eval_steps``; ``--target_accuracy`` stops
+every position (``--loss_on all``, the paper's protocol) or only on the scored ones (``answer``, the
+default at CPU budgets). Validation accuracy is checked every ``--eval_steps``; ``--target_accuracy`` stops
 training once it is reached. Writes OUTPUT_DIR/results.json (test ``eval_accuracy``, steps,
 runtime, model size, task parameters), OUTPUT_DIR/training_curve.png, the model and the tokenizer
 (so ``pipeline("text-generation", OUTPUT_DIR)`` works).
@@ -42,12 +42,14 @@ COMMON_DEFAULTS = dict(learning_rate=3e-3, weight_decay=0.1, per_device_train_ba
                        eval_strategy="steps", eval_steps=250, logging_steps=50, save_strategy="no",
                        report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
                        max_grad_norm=1.0, disable_tqdm=True)
-# The paper's protocol: next-token loss on every position of the training examples (``--loss_on all``),
-# which makes induction head slow to learn (29 of its 30 positions are noise) but is what separates the
-# models; ``--loss_on answer`` (the MQAR default, as in Zoology) lets every model learn far sooner.
+# The paper trains on the next-token loss of every position (``--loss_on all``) for 200-400 epochs. At CPU
+# budgets the loss on the scored answer (``--loss_on answer``, as in Zoology's MQAR) is what gets H3 to the
+# paper's accuracy on every seed within minutes, so it is the default; ``--loss_on all`` is the paper's protocol
+# (README: both tables). The SSM parameters train at --learning_rate (a separate, lower --ssm_lr slowed the
+# shift/diagonal SSMs enough to leave associative recall on a plateau for some seeds).
 TASK_DEFAULTS = {
-    "induction_head": dict(num_train_epochs=50, loss_on="all"),
-    "associative_recall": dict(num_train_epochs=40, loss_on="all"),
+    "induction_head": dict(num_train_epochs=60, loss_on="answer"),
+    "associative_recall": dict(num_train_epochs=80, loss_on="answer"),
     # a CPU-sized MQAR (Zoology's sweep starts at vocabulary 8192, length 64, 4 pairs, 100k examples)
     "mqar": dict(num_train_epochs=12, loss_on="answer", vocab_size=64, seq_len=64, num_kv_pairs=4,
                  num_train=10000),
@@ -72,7 +74,7 @@ class SyntheticArguments:
     embedding_dropout: float = field(default=0.1)
     ssm_lr: float | None = field(default=None, metadata={
         "help": "learning rate of the SSM parameters (no weight decay); default: --learning_rate"})
-    loss_on: str = field(default="all", metadata={"help": f"one of {LOSS_ON}: training positions in the loss"})
+    loss_on: str = field(default="answer", metadata={"help": f"one of {LOSS_ON}: training positions in the loss"})
     target_accuracy: float | None = field(default=None, metadata={"help": "stop once validation reaches it"})
 
 
