@@ -144,6 +144,16 @@ class ModelCardTrainer(Trainer):
                          model_id=self.hub_model_id, license=license or "apache-2.0", tags=tags,
                          has_tokenizer=self.processing_class is not None)
 
+    def save_with_card(self, results: dict | None) -> None:
+        """End of a run: with ``push_to_hub`` set, one upload of the model, its code, the tokenizer and the card
+        (written after ``results`` exist); otherwise save the model and write OUTPUT_DIR/README.md."""
+        self.run_results = results
+        if self.args.push_to_hub:
+            self.push_to_hub()
+        else:
+            self.save_model(self.args.output_dir)  # on the main process only
+            self.create_model_card()
+
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         # the stock method copies only config and weights from the checkpoint into OUTPUT_DIR before uploading it
         if self.is_world_process_zero():

@@ -109,7 +109,9 @@ def training_summary(training_args) -> dict:
 
 
 def save_results(output_dir: str, results: dict, print_keys: tuple) -> None:
-    """Write ``output_dir/results.json`` and print the ``print_keys`` of ``results`` as one JSON line."""
+    """Write ``output_dir/results.json`` (creating the folder) and print the ``print_keys`` of ``results`` as one
+    JSON line."""
+    os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2, default=str)
     print(json.dumps({k: results[k] for k in print_keys}))

@@ -210,16 +210,10 @@ def main(argv=None):
         "config": model.config.to_diff_dict(),
     }
     if trainer.is_world_process_zero():
-        os.makedirs(training_args.output_dir, exist_ok=True)
         save_results(training_args.output_dir, results,
                      ("model", "dataset", "eval_accuracy", "train_runtime", "majority_class_accuracy"))
         plot_kernels(model, os.path.join(training_args.output_dir, "kernels_layer0.png"))
-    trainer.run_results = results
-    if training_args.push_to_hub:
-        trainer.push_to_hub()  # saves model (+ code, tokenizer) and card into OUTPUT_DIR, then one upload
-    else:
-        trainer.save_model(training_args.output_dir)  # on the main process only
-        trainer.create_model_card()  # OUTPUT_DIR/README.md
+    trainer.save_with_card(results)  # model, code, tokenizer, README.md card; uploaded with --push_to_hub
     return results
 
 

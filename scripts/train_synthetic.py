@@ -164,7 +164,7 @@ def main(argv=None):
     torch.manual_seed(training_args.seed)
     model = build_model(args, len(tokenizer), tokenizer.pad_token_id)
     optimizer = create_ssm_optimizer(model, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
-                                     ssm_lr=args.ssm_lr if args.ssm_lr is not None else training_args.learning_rate,
+                                     ssm_lr=args.ssm_lr,  # None: the main learning rate
                                      betas=(training_args.adam_beta1, training_args.adam_beta2),
                                      eps=training_args.adam_epsilon)
     callbacks = [StopAtAccuracy(args.target_accuracy)] if args.target_accuracy is not None else []
@@ -197,17 +197,11 @@ def main(argv=None):
         "config": model.config.to_diff_dict(),
     }
     if trainer.is_world_process_zero():
-        os.makedirs(training_args.output_dir, exist_ok=True)
         save_results(training_args.output_dir, results,
                      ("task", "model", "eval_accuracy", "global_step", "train_runtime"))
         plot_curve(trainer.state.log_history, os.path.join(training_args.output_dir, "training_curve.png"),
                    f"{args.model} on {args.task} (test accuracy {results['eval_accuracy']:.1%})")
-    trainer.run_results = results
-    if training_args.push_to_hub:
-        trainer.push_to_hub()  # saves model (+ code, tokenizer) and card into OUTPUT_DIR, then one upload
-    else:
-        trainer.save_model(training_args.output_dir)  # on the main process only
-        trainer.create_model_card()  # OUTPUT_DIR/README.md
+    trainer.save_with_card(results)  # model, code, tokenizer, README.md card; uploaded with --push_to_hub
     return results
 
 

@@ -127,8 +127,7 @@ def test_checkpoint_loads_through_remote_code_without_the_package(kind, tmp_path
     save_file({k: v.contiguous() for k, v in inputs(tokenizer).items()}, os.path.join(folder, "inputs.safetensors"))
 
     files = set(os.listdir(folder))
-    family = {"h3": "h3", "s4d": "s4d", "s5": "s5"}[kind]
-    assert {f"modeling_{family}.py", f"configuration_{family}.py", "ssm.py", "hub_utils.py",
+    assert {f"modeling_{kind}.py", f"configuration_{kind}.py", "ssm.py", "hub_utils.py",
             "model.safetensors", "config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     auto_map = json.load(open(os.path.join(folder, "config.json")))["auto_map"]
