@@ -45,7 +45,8 @@ class H3Config(PreTrainedConfig):
         initializer_range: std of the GPT-2-style normal init.
         tie_word_embeddings: share the LM head with the input embedding.
         pad_vocab_size_multiple: see ``vocab_size``.
-        kernel_chunk_size: compute SSM kernels and prefill states in chunks of this many positions.
+        kernel_chunk_size: positions per block of the blocked kernel and prefill-state products (None:
+            ceil(sqrt(L)), which keeps their memory O(H N sqrt(L))); a speed knob, results do not change.
     """
 
     model_type = "h3"

@@ -37,7 +37,8 @@ class S4DConfig(PreTrainedConfig):
         pooling: "mean" over valid positions or "last" valid position.
         layer_norm_eps: LayerNorm epsilon.
         initializer_range: std of the normal init of Linear/Embedding weights.
-        kernel_chunk_size: compute kernels in chunks of this many lags (None: all at once).
+        kernel_chunk_size: positions per block of the blocked kernel and prefill-state products (None:
+            ceil(sqrt(L)), which keeps their memory O(H N sqrt(L))); a speed knob, results do not change.
     """
 
     model_type = "s4d"

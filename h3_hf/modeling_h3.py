@@ -31,6 +31,7 @@ from .ssm import (
     DiagonalSSMKernel,
     ShiftSSMKernel,
     compute_dtype,
+    derived_from_parameters,
     diagonal_kernel,
     diagonal_state,
     diagonal_step,
@@ -140,18 +141,19 @@ class H3Mixer(nn.Module):
         with no_autocast(hidden_states.device.type):
             dtype = compute_dtype(self.output_linear.weight)
             x = hidden_states.to(dtype)
+            step = derived_from_parameters(self, "step", lambda: self._step_parameters(dtype)) if decoding else None
             if self.gated:
-                q, k, v = (F.linear(x, lin.weight.to(dtype), lin.bias.to(dtype)).transpose(1, 2)
-                           for lin in (self.q_proj, self.k_proj, self.v_proj))
+                weight, bias = derived_from_parameters(self, "qkv", lambda: self._fused_qkv(dtype))
+                q, k, v = F.linear(x, weight, bias).transpose(1, 2).chunk(3, dim=1)  # each (B, d, L)
                 k = mask_padding(k, ssm_mask)  # (B, d, L): padding never enters a state
-                k = self._shift_step(k, cache) if decoding else self._shift_convolve(k, cache)
+                k = self._shift_step(k, cache, step) if decoding else self._shift_convolve(k, cache)
                 kv = self._heads(k).unsqueeze(2) * self._heads(v).unsqueeze(1)  # (B, P, P, H, L)
             else:
                 kv = x.transpose(1, 2)[:, None, None]  # (B, 1, 1, d, L): S4D runs on the input
             kv = mask_padding(kv, ssm_mask)
             z = kv
             if self.use_diag:
-                z = self._diag_step(kv, cache) if decoding else self._diag_convolve(kv, cache)
+                z = self._diag_step(kv, cache, step) if decoding else self._diag_convolve(kv, cache)
             y = self._readout(q, z) if self.gated else F.gelu(z[:, 0, 0])
             out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype), self.output_linear.bias.to(dtype))
         return out.to(hidden_states.dtype)
@@ -172,13 +174,30 @@ class H3Mixer(nn.Module):
             cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)
         return k_shift
 
-    def _shift_step(self, k: torch.Tensor, cache: Cache) -> torch.Tensor:
-        """Shift SSM for one token, k (batch, d, 1): a dot product with the cached window."""
+    def _fused_qkv(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k and v projections as one (3d, d) weight and (3d,) bias: one matmul per step."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight, bias = torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])
+        return weight.to(dtype), bias.to(dtype)
+
+    def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """What a decode step needs, derived from the weights once (memoised at inference until they change):
+        the shift kernel oldest-lag-first (d, N), ssm_k_D (d, 1), dA, dB, C (H, N) and D (H,)."""
+        out = {}
+        if self.use_shift:
+            out["shift"] = self.shift_kernel().to(dtype).flip(-1)
+            out["shift_skip"] = self.ssm_k_D.to(dtype)[:, None]
+        if self.use_diag:
+            log_da, db, c = self.kernel.discrete()
+            out.update(da=torch.exp(log_da), db=db, c=c[0], skip=self.D.to(dtype))
+        return out
+
+    def _shift_step(self, k: torch.Tensor, cache: Cache, step: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Shift SSM for one token, k (batch, d, 1): a dot product with the cached window (oldest first)."""
         if not self.use_shift:
             return k
         window = cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)[..., -self.state_size:]
-        shift = self.shift_kernel().to(k.dtype)  # (d, N), lag 0 first; window is oldest first
-        return (window.to(k.dtype) * shift.flip(-1)).sum(-1, keepdim=True) + self.ssm_k_D.to(k.dtype)[:, None] * k
+        return (window.to(k.dtype) * step["shift"]).sum(-1, keepdim=True) + step["shift_skip"] * k
 
     def _diag_convolve(self, kv: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         """diag_ssm(kv) + D kv over (batch, P, P, H, length) kv, continuing the cached state if any."""
@@ -194,12 +213,12 @@ class H3Mixer(nn.Module):
             cache.update_recurrent_state(state, self.layer_idx)
         return z
 
-    def _diag_step(self, kv: torch.Tensor, cache: Cache) -> torch.Tensor:
+    def _diag_step(self, kv: torch.Tensor, cache: Cache, step: dict[str, torch.Tensor]) -> torch.Tensor:
         """Diagonal SSM recurrence for one token, kv (batch, P, P, H, 1)."""
-        log_da, db, c = self.kernel.discrete()
-        state, z = diagonal_step(cache.get_recurrent_state(self.layer_idx), kv[..., 0], torch.exp(log_da), db, c[0])
+        state, z = diagonal_step(cache.get_recurrent_state(self.layer_idx), kv[..., 0], step["da"], step["db"],
+                                 step["c"])
         cache.update_recurrent_state(state, self.layer_idx)
-        return (z + self.D.to(z.dtype) * kv[..., 0]).unsqueeze(-1)
+        return (z + step["skip"] * kv[..., 0]).unsqueeze(-1)
 
     def _readout(self, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """y[b, j*H + h, l] = sum_i q[b, h*P + i, l] z[b, i, j, h, l]; returns (batch, d, length)."""

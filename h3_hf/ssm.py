@@ -16,6 +16,7 @@ All SSM math runs in float32 / complex64 (float64 / complex128 when the inputs a
 also under autocast; results are cast back to the activation dtype by the callers.
 """
 
+import functools
 import math
 
 import torch
@@ -38,6 +39,24 @@ def complex_dtype(real_dtype: torch.dtype) -> torch.dtype:
 def no_autocast(device_type: str):
     """Context manager that switches autocast off so SSM math keeps its float32 inputs."""
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+def derived_from_parameters(module: nn.Module, name: str, compute):
+    """``compute()``, memoised on ``module`` while no gradient can flow into its parameters (inference).
+
+    The memo is keyed on every parameter's storage, version counter (bumped by every in-place update:
+    optimizer steps, ``load_state_dict``, ``copy_``), dtype and device, so it is recomputed whenever a
+    weight changes. With gradients on, or while ``torch.compile`` traces, it is computed afresh.
+    """
+    params = list(module.parameters())
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        return compute()
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    memo = module.__dict__.setdefault("_derived_memo", {})
+    hit = memo.get(name)
+    if hit is None or hit[0] != key:
+        hit = memo[name] = (key, compute())
+    return hit[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,52 +160,69 @@ def discretize_diagonal(a: torch.Tensor, dt: torch.Tensor, method: str) -> tuple
     raise ValueError(f"discretization must be one of {DISCRETIZATIONS}, got {method!r}")
 
 
-def _chunks(length: int, chunk_size: int | None):
-    step = length if chunk_size is None or chunk_size <= 0 else chunk_size
-    for start in range(0, length, step):
-        yield start, min(step, length - start)
+def _block_size(length: int, chunk_size: int | None) -> int:
+    """Positions per block of the blocked Vandermonde products: ``chunk_size`` or ceil(sqrt(length))."""
+    if chunk_size is not None and chunk_size > 0:
+        return max(1, min(chunk_size, length))
+    return max(1, math.isqrt(max(length - 1, 0)) + 1)
+
+
+def _powers(log_da: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
+    """dA^lag = exp(lag * log dA): (H, N) x (K,) -> (H, N, K)."""
+    return torch.exp(log_da.unsqueeze(-1) * lags.to(log_da.real.dtype))
 
 
 def vandermonde(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, offset: int = 0,
                 chunk_size: int | None = None) -> torch.Tensor:
     """sum_n coeff[..., h, n] * dA[h, n]^(offset + l) for l in [0, length).
 
+    Blocked so that the (H, N, L) power tensor is never formed: with l = j C + i (C positions per
+    block, ceil(sqrt(L)) by default), dA^l = dA^(jC) dA^i, and the sum over n is a batched matrix
+    product (coeff dA^(offset + jC))[h, j, n] @ dA^i[h, n, i]. Memory O(H N sqrt L), work O(H N L) in
+    BLAS; every power is one exp (no error accumulates along l).
+
     Args:
         coeff: (..., H, N) complex.
         log_da: (H, N) complex.
-        chunk_size: if set, lags are processed ``chunk_size`` at a time so that the (H, N, L)
-            power tensor is never materialised whole (O(H N chunk) memory, same O(H N L) work).
+        chunk_size: positions per block (default ceil(sqrt(length))).
     Returns:
         (..., H, length) complex.
     """
-    real = torch.float64 if log_da.dtype == torch.complex128 else torch.float32
-    out = []
-    for start, size in _chunks(length, chunk_size):
-        lags = torch.arange(offset + start, offset + start + size, device=log_da.device, dtype=real)
-        powers = torch.exp(log_da.unsqueeze(-1) * lags)  # (H, N, size)
-        out.append(torch.einsum("...hn,hnl->...hl", coeff, powers))
-    return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+    block = _block_size(length, chunk_size)
+    blocks = -(-length // block)
+    arange = functools.partial(torch.arange, device=log_da.device)
+    inner = _powers(log_da, arange(block))  # (H, N, C)
+    outer = _powers(log_da, offset + block * arange(blocks))  # (H, N, J)
+    left = (coeff.unsqueeze(-1) * outer).transpose(-1, -2)  # (..., H, J, N)
+    return (left @ inner).flatten(-2)[..., :length]
 
 
 def vandermonde_transpose(u: torch.Tensor, log_da: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
     """sum_l u[..., h, l] * dA[h, n]^(L - 1 - l): the state reached from zero after the sequence u.
 
+    Blocked like :func:`vandermonde` on the reversed sequence (m = L - 1 - l = j C + i); for real u the
+    inner products are two real matrix products.
+
     Args:
-        u: (..., H, L) real (cast to the complex dtype of ``log_da``).
+        u: (..., H, L) real (or complex).
         log_da: (H, N) complex.
     Returns:
         (..., H, N) complex (still to be multiplied by dB).
     """
     length = u.shape[-1]
-    real = torch.float64 if log_da.dtype == torch.complex128 else torch.float32
-    u = u.to(log_da.dtype)
-    total = None
-    for start, size in _chunks(length, chunk_size):
-        lags = torch.arange(length - 1 - start, length - 1 - start - size, -1, device=log_da.device, dtype=real)
-        powers = torch.exp(log_da.unsqueeze(-1) * lags)  # (H, N, size)
-        part = torch.einsum("...hl,hnl->...hn", u[..., start:start + size], powers)
-        total = part if total is None else total + part
-    return total
+    block = _block_size(length, chunk_size)
+    blocks = -(-length // block)
+    arange = functools.partial(torch.arange, device=log_da.device)
+    rev = torch.nn.functional.pad(u.flip(-1), (0, blocks * block - length))
+    rev = rev.reshape(*u.shape[:-1], blocks, block)  # (..., H, J, C), rev[.., j, i] = u[L - 1 - jC - i]
+    inner = _powers(log_da, arange(block)).transpose(-1, -2)  # (H, C, N)
+    if rev.is_complex():
+        partial = rev.to(inner.dtype) @ inner
+    else:
+        rev = rev.to(inner.real.dtype)
+        partial = torch.complex(rev @ inner.real, rev @ inner.imag)  # (..., H, J, N)
+    outer = _powers(log_da, block * arange(blocks)).transpose(-1, -2)  # (H, J, N)
+    return (partial * outer).sum(-2)
 
 
 def diagonal_kernel(c: torch.Tensor, db: torch.Tensor, log_da: torch.Tensor, length: int,
@@ -255,8 +291,8 @@ def diagonal_step(state: torch.Tensor, u: torch.Tensor, da: torch.Tensor, db: to
 def fft_causal_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
     """Causal convolution y[l] = sum_{j<=l} K[j] u[l-j] (+ skip * u) along the last dim.
 
-    Computed with real FFTs of size >= 2L (no wrap-around) in float32, or float64 when an input is
-    float64, with autocast off; the result has the dtype of ``u``.
+    Computed with real FFTs of a size >= L + Lk - 1 (no wrap-around, :func:`fft_length`) in float32, or
+    float64 when an input is float64, with autocast off; the result has the dtype of ``u``.
 
     Args:
         u: (..., H, L) input.
@@ -270,11 +306,38 @@ def fft_causal_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | 
     return _fft_conv(u, kernel, skip)
 
 
-def _fft_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-    """Circular convolution of size 2L (kernel length <= 2L), first L outputs, plus skip * u."""
+def fft_length(n: int) -> int:
+    """FFT size for a convolution needing >= n points: the smallest 5-smooth (2^a 3^b 5^c) multiple of 16.
+
+    Measured with torch's (pocketfft) real FFTs on CPU: odd-heavy sizes such as 1125 = 3^2 5^3 are 2x slower
+    than nearby even ones, and sizes with a large prime factor 5x slower; 1152 for n = 1087 or 8640 for
+    n = 8255 beat both the odd sizes and the next power of two (2048, 16384).
+    """
+    m = -(-max(n, 1) // 16)
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return 16 * m
+        m += 1
+
+
+# Kept out of torch.compile graphs: inductor (torch 2.13, CPU) computed wrong gradients for the kernel when
+# this FFT convolution was traced inside the H3 mixer (tests/test_fast_paths.py), and it generates no code
+# for complex operators anyway, so the graph break costs nothing.
+@torch.compiler.disable
+def _fft_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | None, n: int | None = None
+              ) -> torch.Tensor:
+    """First L outputs of the circular convolution of size ``n`` (zero-padded u and kernel), plus skip * u.
+
+    By default n = fft_length(L + Lk - 1), so nothing wraps around into the first L outputs (a
+    linear convolution); a short kernel (the shift SSM's N taps) gives an FFT of ~L, not 2L.
+    """
     length = u.shape[-1]
     dtype = compute_dtype(u, kernel)
-    n = 2 * length
+    n = n or fft_length(length + kernel.shape[-1] - 1)
     with no_autocast(u.device.type):
         uf = torch.fft.rfft(u.to(dtype), n=n)
         kf = torch.fft.rfft(kernel.to(dtype), n=n)
@@ -301,7 +364,7 @@ def fft_bidirectional_conv(u: torch.Tensor, kernel_forward: torch.Tensor, kernel
     # lag j in [0, L) forward, position 2L - 1 - j holds backward lag j (wraps to u[t + j + 1])
     two_sided = torch.cat([kernel_forward[..., :length], pad], dim=-1) + torch.cat(
         [pad, kernel_backward[..., :length].flip(-1)], dim=-1)
-    return _fft_conv(u, two_sided, skip)
+    return _fft_conv(u, two_sided, skip, n=2 * length)
 
 
 # --------------------------------------------------------------------------------------------

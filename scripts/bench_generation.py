@@ -1,85 +1,172 @@
-"""Per-token decode latency vs context length: H3 (pure and hybrid) vs GPT-2 with its KV cache.
+"""Per-token decode latency vs context: H3 (pure and hybrid) vs GPT-2 (KV cache) and Mamba (recurrent cache).
 
-    python scripts/bench_generation.py                      # d=256, 4 layers, contexts 128..8192
-    python scripts/bench_generation.py --contexts 128 1024 --json out.json
+    python scripts/bench_generation.py                       # d=256, 4 layers, contexts 128..16384, batch 1 and 16
+    python scripts/bench_generation.py --contexts 128 1024 --batches 1 --json out.json --plot out.png
+    python scripts/bench_generation.py --compile              # adds H3 (pure) with torch.compile'd decode steps
 
-For each context C the prompt of C random tokens is prefilled once, then ``--steps`` single-token
-decode steps are timed (model forward with the cache, batch ``--batch``); the median step time is
-reported. Ratios printed: latency(C) / latency(128) per model (O(1) decoding stays near 1) and
-GPT-2 / H3 at the same context. All models run in the same process on the same threads.
+All models have the same width and vocabulary and about the same parameter count (H3 and GPT-2: the same depth;
+Mamba: twice the blocks, since a Mamba block has no MLP) and run in one process on the same threads. For each
+context C a prompt of C random tokens is prefilled once at batch 1 (a real forward pass with each model's own
+cache), the cache is repeated along the batch to each ``--batches`` size, then ``--steps`` single-token decode
+steps (``model(next_token, cache)``, greedy) are timed and the median reported. Also reported: tokens/s
+(batch / latency) and the bytes held by the cache after the prefill. Ratios printed: latency(C) /
+latency(smallest C) per model (O(1) decoding stays near 1), GPT-2 / H3 and Mamba / H3 at the same context.
 """
 
 import argparse
+import copy
 import json
-import platform
 import statistics
 import time
 
+import bench_common
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
+from transformers.utils import logging as hf_logging
 
 from h3_hf import H3Config, H3ForCausalLM
 
+H3_PURE, H3_HYBRID, H3_COMPILED, GPT2, MAMBA = (
+    "H3 (pure)", "H3 (hybrid, 1 attn)", "H3 (pure, compiled)", "GPT-2 (KV cache)", "Mamba (recurrent)")
 
-def build_models(d: int, layers: int, heads: int, vocab: int, max_context: int):
+
+def build_models(d: int, layers: int, heads: int, vocab: int, max_context: int, compile_h3: bool) -> dict:
     common = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
                   embedding_dropout=0.0, pad_vocab_size_multiple=1)
     models = {
-        "H3 (pure)": H3ForCausalLM(H3Config(**common)),
-        "H3 (hybrid, 1 attn)": H3ForCausalLM(H3Config(attn_layer_idx=[layers // 2], **common)),
-        "GPT-2 (KV cache)": GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=heads,
-                                                       n_positions=max_context + 64, attn_implementation="sdpa")),
+        H3_PURE: H3ForCausalLM(H3Config(**common)),
+        H3_HYBRID: H3ForCausalLM(H3Config(attn_layer_idx=[layers // 2], **common)),
+        GPT2: GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=heads,
+                                         n_positions=max_context + 64, attn_implementation="sdpa")),
+        # a Mamba block has no MLP: twice the blocks give the same parameter count (as in the Mamba paper)
+        MAMBA: MambaForCausalLM(MambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=2 * layers)),
     }
+    if compile_h3:
+        models[H3_COMPILED] = copy.deepcopy(models[H3_PURE])
     return {name: m.eval() for name, m in models.items()}
 
 
+def cache_tensors(cache):
+    """Every tensor a transformers cache holds (KV layers: keys/values; linear-attention layers: states)."""
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            yield from (t for t in items if isinstance(t, torch.Tensor))
+
+
+def repeat_batch(cache, repeats: int):
+    """A copy of a batch-1 cache repeated ``repeats`` times along the batch dimension."""
+    cache = copy.deepcopy(cache)
+    for layer in cache.layers:
+        for name, value in vars(layer).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                setattr(layer, name, value.repeat_interleave(repeats, dim=0))
+            elif isinstance(value, dict):
+                for key, t in value.items():
+                    if isinstance(t, torch.Tensor) and t.dim() > 0:
+                        value[key] = t.repeat_interleave(repeats, dim=0)
+    return cache
+
+
+def cache_kwarg(model) -> str:
+    return "cache_params" if isinstance(model, MambaForCausalLM) else "past_key_values"
+
+
 @torch.no_grad()
-def decode_latency(model, context: int, batch: int, steps: int, vocab: int) -> float:
-    """Median seconds per decode step after prefilling ``context`` tokens."""
-    ids = torch.randint(0, vocab, (batch, context))
+def prefill(model, context: int, vocab: int):
+    ids = torch.randint(0, vocab, (1, context))
     out = model(input_ids=ids, use_cache=True)
-    cache = out.past_key_values
-    token = out.logits[:, -1:].argmax(-1)
+    return getattr(out, cache_kwarg(model)), out.logits[:, -1:].argmax(-1)
+
+
+@torch.no_grad()
+def decode_latency(step_fn, model, cache, token: torch.Tensor, steps: int) -> float:
+    """Median seconds per single-token decode step continuing ``cache``."""
+    kwarg = cache_kwarg(model)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        times.append(time.perf_counter() - start)
-        cache = out.past_key_values
+        out = step_fn(input_ids=token, use_cache=True, **{kwarg: cache})
         token = out.logits[:, -1:].argmax(-1)
+        times.append(time.perf_counter() - start)
+        cache = getattr(out, kwarg)
     return statistics.median(times[2:] if steps > 4 else times)
+
+
+def plot(results: dict, batches: list[int], path: str, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        for name, per_batch in results.items():
+            points = sorted((int(c), 1e3 * r["seconds_per_token"]) for c, r in per_batch[str(batch)].items())
+            ax.plot(*zip(*points), marker="o", label=name)
+        ax.set(xlabel="context (tokens)", ylabel="ms per decode step", title=f"batch {batch}")
+    bench_common.finish_figure(fig, list(axes[0]), path, title)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 512, 2048, 8192])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 512, 2048, 8192, 16384])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--compile", action="store_true", help="also time H3 (pure) with torch.compile'd steps")
     parser.add_argument("--json", default="bench_generation.json")
+    parser.add_argument("--plot", default="bench_generation.png")
     args = parser.parse_args(argv)
+    hf_logging.set_verbosity_error()  # Mamba's "falling back to the PyTorch implementation" notices
     torch.manual_seed(0)
-    models = build_models(args.hidden_size, args.layers, args.heads, args.vocab, max(args.contexts))
-    results = {name: {} for name in models}
+    models = build_models(args.hidden_size, args.layers, args.heads, args.vocab, max(args.contexts), args.compile)
+    step_fns = {name: m.forward for name, m in models.items()}
+    if args.compile:
+        step_fns[H3_COMPILED] = torch.compile(models[H3_COMPILED].forward)
+    sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    results = {name: {str(b): {} for b in args.batches} for name in models}
     for context in args.contexts:
         for name, model in models.items():
-            results[name][context] = decode_latency(model, context, args.batch, args.steps, args.vocab)
-    base = args.contexts[0]
-    print(f"\nDecode latency per token (ms), batch {args.batch}, d={args.hidden_size}, {args.layers} layers, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    header = "| context | " + " | ".join(models) + " | GPT-2 / H3 (pure) |"
-    print(header)
-    print("|" + "---|" * (len(models) + 2))
-    for context in args.contexts:
-        cells = [f"{1e3 * results[n][context]:.2f} ({results[n][context] / results[n][base]:.2f}x)" for n in models]
-        ratio = results["GPT-2 (KV cache)"][context] / results["H3 (pure)"][context]
-        print(f"| {context} | " + " | ".join(cells) + f" | {ratio:.2f} |")
-    print(f"(in parentheses: latency / latency at context {base})")
+            start = time.perf_counter()
+            cache, token = prefill(model, context, args.vocab)
+            prefill_s = time.perf_counter() - start
+            for batch in args.batches:
+                batch_cache = repeat_batch(cache, batch)
+                cache_bytes = sum(t.numel() * t.element_size() for t in cache_tensors(batch_cache))
+                seconds = decode_latency(step_fns[name], model, batch_cache, token.repeat(batch, 1), args.steps)
+                results[name][str(batch)][str(context)] = {
+                    "seconds_per_token": seconds, "tokens_per_second": batch / seconds, "cache_bytes": cache_bytes,
+                    "prefill_seconds_batch1": prefill_s}
+                print(f"{name:22s} context {context:6d} batch {batch:3d}: {1e3 * seconds:8.2f} ms/step, "
+                      f"cache {cache_bytes / 2**20:8.2f} MiB", flush=True)
+
+    machine = bench_common.machine()
+    base = str(min(args.contexts))
+    for batch in map(str, args.batches):
+        print(f"\nDecode latency per token (ms), batch {batch}, d={args.hidden_size}, {args.layers} layers, {machine}")
+        print("| context | " + " | ".join(models) + " | GPT-2 / H3 (pure) | Mamba / H3 (pure) |")
+        print("|" + "---|" * (len(models) + 3))
+        for context in map(str, args.contexts):
+            r = {name: results[name][batch][context]["seconds_per_token"] for name in models}
+            cells = [f"{1e3 * r[n]:.2f} ({r[n] / results[n][batch][base]['seconds_per_token']:.2f}x)" for n in models]
+            ratios = f" | {r[GPT2] / r[H3_PURE]:.2f} | {r[MAMBA] / r[H3_PURE]:.2f} |"
+            print(f"| {context} | " + " | ".join(cells) + ratios)
+        print(f"(in parentheses: latency / latency at context {base})")
+        print(f"\nCache memory (MiB), batch {batch}")
+        print("| context | " + " | ".join(models) + " |")
+        print("|" + "---|" * (len(models) + 1))
+        for context in map(str, args.contexts):
+            cells = [f"{results[n][batch][context]['cache_bytes'] / 2**20:.2f}" for n in models]
+            print(f"| {context} | " + " | ".join(cells) + " |")
+    print("\nParameters: " + ", ".join(f"{n} {sizes[n] / 1e6:.2f}M" for n in models))
     with open(args.json, "w") as f:
-        json.dump({"args": vars(args), "seconds_per_token": results}, f, indent=2)
+        json.dump({"args": vars(args), "machine": machine, "parameters": sizes, "results": results}, f, indent=2)
+    if args.plot:
+        plot(results, args.batches, args.plot, f"decode latency, d={args.hidden_size}, {args.layers} layers, {machine}")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ steps) and a per-position a (``timesteps``), the two cases of an S5 layer. Media
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
+import bench_common
 import torch
 
 from h3_hf.ssm import associative_scan, sequential_scan
@@ -38,7 +38,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(bench_common.machine())
     print(f"batch {args.batch}, {args.states} complex states, complex64, median of {args.repeats}\n")
     print("| L | sequential loop | parallel scan (fixed step) | ratio | parallel scan (per-position step) | ratio |")
     print("|---|---|---|---|---|---|")
