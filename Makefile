@@ -22,7 +22,9 @@ demo: $(VENV)/.installed
 	$(PY) scripts/demo.py
 
 bench: $(VENV)/.installed
-	$(PY) scripts/bench_generation.py
+	$(PY) scripts/bench_generation.py --compile --json benchmarks/bench_generation.json --plot benchmarks/bench_generation.png
+	$(PY) scripts/bench_training.py --json benchmarks/bench_training.json --plot benchmarks/bench_training.png
+	$(PY) scripts/bench_kernels.py --json benchmarks/bench_kernels.json
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -79,18 +79,22 @@ def prefill(model, context: int, vocab: int):
     return getattr(out, cache_kwarg(model)), out.logits[:, -1:].argmax(-1)
 
 
-@torch.no_grad()
-def decode_latency(step_fn, model, cache, token: torch.Tensor, steps: int) -> float:
-    """Median seconds per single-token decode step continuing ``cache``."""
-    kwarg = cache_kwarg(model)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        out = step_fn(input_ids=token, use_cache=True, **{kwarg: cache})
-        token = out.logits[:, -1:].argmax(-1)
-        times.append(time.perf_counter() - start)
-        cache = getattr(out, kwarg)
-    return statistics.median(times[2:] if steps > 4 else times)
+class Decoder:
+    """One model decoding from one cache; ``run(n)`` returns the seconds of each of n greedy steps."""
+
+    def __init__(self, step_fn, model, cache, token: torch.Tensor):
+        self.step_fn, self.kwarg, self.cache, self.token = step_fn, cache_kwarg(model), cache, token
+
+    @torch.no_grad()
+    def run(self, steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            out = self.step_fn(input_ids=self.token, use_cache=True, **{self.kwarg: self.cache})
+            self.token = out.logits[:, -1:].argmax(-1)
+            times.append(time.perf_counter() - start)
+            self.cache = getattr(out, self.kwarg)
+        return times
 
 
 def plot(results: dict, batches: list[int], path: str, title: str):
@@ -116,7 +120,9 @@ def main(argv=None):
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per model, context and round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds over all (context, model) pairs")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--compile", action="store_true", help="also time H3 (pure) with torch.compile'd steps")
     parser.add_argument("--json", default="bench_generation.json")
     parser.add_argument("--plot", default="bench_generation.png")
@@ -129,20 +135,32 @@ def main(argv=None):
         step_fns[H3_COMPILED] = torch.compile(models[H3_COMPILED].forward)
     sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
     results = {name: {str(b): {} for b in args.batches} for name in models}
+    prefills = {}
     for context in args.contexts:
         for name, model in models.items():
             start = time.perf_counter()
-            cache, token = prefill(model, context, args.vocab)
-            prefill_s = time.perf_counter() - start
-            for batch in args.batches:
-                batch_cache = repeat_batch(cache, batch)
-                cache_bytes = sum(t.numel() * t.element_size() for t in cache_tensors(batch_cache))
-                seconds = decode_latency(step_fns[name], model, batch_cache, token.repeat(batch, 1), args.steps)
-                results[name][str(batch)][str(context)] = {
-                    "seconds_per_token": seconds, "tokens_per_second": batch / seconds, "cache_bytes": cache_bytes,
-                    "prefill_seconds_batch1": prefill_s}
-                print(f"{name:22s} context {context:6d} batch {batch:3d}: {1e3 * seconds:8.2f} ms/step, "
-                      f"cache {cache_bytes / 2**20:8.2f} MiB", flush=True)
+            prefills[name, context] = (*prefill(model, context, args.vocab), time.perf_counter() - start)
+    for batch in args.batches:
+        decoders, samples, cache_bytes = {}, {}, {}
+        for (name, context), (cache, token, _) in prefills.items():
+            batch_cache = repeat_batch(cache, batch)
+            cache_bytes[name, context] = sum(t.numel() * t.element_size() for t in cache_tensors(batch_cache))
+            decoders[name, context] = Decoder(step_fns[name], models[name], batch_cache, token.repeat(batch, 1))
+            decoders[name, context].run(args.warmup)  # first steps (and compilation) not timed
+            samples[name, context] = []
+        # rounds visit every (context, model) in turn, so slow phases of a shared machine hit all of them alike
+        for _ in range(args.rounds):
+            for key, decoder in decoders.items():
+                samples[key] += decoder.run(args.steps)
+        for name, context in decoders:
+            seconds = statistics.median(samples[name, context])
+            results[name][str(batch)][str(context)] = {
+                "seconds_per_token": seconds, "tokens_per_second": batch / seconds,
+                "cache_bytes": cache_bytes[name, context],
+                "prefill_seconds_batch1": prefills[name, context][2], "samples": len(samples[name, context])}
+            print(f"{name:22s} context {context:6d} batch {batch:3d}: {1e3 * seconds:8.2f} ms/step, "
+                  f"cache {cache_bytes[name, context] / 2**20:8.2f} MiB", flush=True)
+        del decoders
 
     machine = bench_common.machine()
     base = str(min(args.contexts))

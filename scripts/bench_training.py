@@ -118,16 +118,20 @@ def run_child(model: str, length: int, args) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def crossover(lengths: list[int], h3: dict, gpt2: dict) -> float | None:
-    """Smallest length from which H3's step is faster, log-interpolated between measured lengths."""
+def crossover(lengths: list[int], h3: dict, gpt2: dict) -> str:
+    """From which length H3's step is faster than GPT-2's, log-interpolated between measured lengths."""
     import math
 
     points = [(L, gpt2[L]["seconds_per_step"] / h3[L]["seconds_per_step"]) for L in lengths if L in h3 and L in gpt2]
+    if not points:
+        return "not measured"
+    if points[0][1] >= 1:
+        return f"H3 is faster at every measured length (from L = {points[0][0]})"
     for (l0, r0), (l1, r1) in zip(points, points[1:]):
         if r0 < 1 <= r1:
-            t = (0 - math.log(r0)) / (math.log(r1) - math.log(r0))
-            return math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0)))
-    return points[0][0] if points and points[0][1] >= 1 else None
+            t = -math.log(r0) / (math.log(r1) - math.log(r0))
+            return f"L ~ {math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0))):.0f}"
+    return f"none up to L = {points[-1][0]}"
 
 
 def plot(results: dict, path: str, title: str):
@@ -196,13 +200,12 @@ def main(argv=None):
         h3, gpt2 = results.get("h3", {}).get(length), results.get("gpt2", {}).get(length)
         ratio = f"{gpt2['seconds_per_step'] / h3['seconds_per_step']:.2f}" if h3 and gpt2 else "—"
         print(f"| {length} | " + " | ".join(cells) + f" | {ratio} |")
-    cross = crossover(args.lengths, results.get("h3", {}), results.get("gpt2", {})) \
-        if "h3" in results and "gpt2" in results else None
-    print(f"\nCrossover (H3 faster than GPT-2 from L ~): {cross:.0f}" if cross else "\nNo crossover measured")
+    cross = crossover(args.lengths, results.get("h3", {}), results.get("gpt2", {}))
+    print(f"\nCrossover (H3 faster than GPT-2 from): {cross}")
     params = {m: next(iter(results[m].values()))["parameters"] for m in models if results[m]}
     print("Parameters: " + ", ".join(f"{LABELS[m]} {p / 1e6:.2f}M (width {args.widths[m]})" for m, p in params.items()))
     with open(args.json, "w") as f:
-        json.dump({"args": vars(args), "machine": machine, "crossover_length": cross, "parameters": params,
+        json.dump({"args": vars(args), "machine": machine, "crossover": cross, "parameters": params,
                    "results": {m: {str(k): v for k, v in r.items()} for m, r in results.items()}}, f, indent=2)
     if args.plot:
         plot(results, args.plot, f"batch {args.batch}, d={args.hidden_size}, {args.layers} layers, {machine}")

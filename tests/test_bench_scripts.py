@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end at toy sizes and report what their tables claim (cache memory constant
+in the context for H3 and linear for GPT-2; training memory and step time for every model)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(name: str, *args: str) -> None:
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args], check=True, cwd=ROOT,
+                   capture_output=True, text=True, timeout=600)
+
+
+def test_bench_generation_reports_constant_h3_cache_and_growing_kv_cache(tmp_path):
+    out = tmp_path / "gen.json"
+    run_script("bench_generation.py", "--contexts", "16", "64", "--batches", "1", "3", "--hidden-size", "32",
+               "--layers", "2", "--heads", "2", "--vocab", "50", "--steps", "1", "--rounds", "2", "--warmup", "1",
+               "--json", str(out), "--plot", str(tmp_path / "gen.png"))
+    results = json.loads(out.read_text())["results"]
+    assert (tmp_path / "gen.png").stat().st_size > 0
+    for batch in ("1", "3"):
+        h3 = results["H3 (pure)"][batch]
+        gpt2 = results["GPT-2 (KV cache)"][batch]
+        assert h3["16"]["cache_bytes"] == h3["64"]["cache_bytes"] > 0
+        assert gpt2["64"]["cache_bytes"] == 4 * gpt2["16"]["cache_bytes"]
+        timings = [r for per_batch in results.values() for r in per_batch[batch].values()]
+        assert all(r["seconds_per_token"] > 0 and r["samples"] == 2 for r in timings)
+    assert results["H3 (pure)"]["3"]["16"]["cache_bytes"] == 3 * results["H3 (pure)"]["1"]["16"]["cache_bytes"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak memory is read from Linux /proc")
+def test_bench_training_measures_every_model(tmp_path):
+    out = tmp_path / "train.json"
+    run_script("bench_training.py", "--lengths", "64", "--hidden-size", "32", "--layers", "2", "--heads", "2",
+               "--vocab", "50", "--steps", "1", "--no-match-parameters", "--json", str(out),
+               "--plot", str(tmp_path / "train.png"))
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"h3", "s4d", "s5", "gpt2"}
+    for per_length in report["results"].values():
+        assert set(per_length) == {"64"}
+        assert all(r["seconds_per_step"] > 0 and r["peak_bytes"] >= 0 for r in per_length.values())
+    assert report["crossover"]
+    assert (tmp_path / "train.png").stat().st_size > 0
