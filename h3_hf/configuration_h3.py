@@ -50,7 +50,7 @@ class H3Config(PreTrainedConfig):
     """
 
     model_type = "h3"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     vocab_size: int = 50264
     hidden_size: int = 768

@@ -31,7 +31,6 @@ from .ssm import (
     DiagonalSSMKernel,
     ShiftSSMKernel,
     compute_dtype,
-    derived_from_parameters,
     diagonal_kernel,
     diagonal_state,
     diagonal_step,
@@ -51,6 +50,8 @@ class H3Cache(DynamicCache):
     def __init__(self, config=None, **kwargs):
         super().__init__(config=config, **kwargs)
         self.seen_tokens = 0
+        # per layer: what its decode steps need, derived from the weights once per generation (see H3Mixer)
+        self.step_parameters = {}
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -69,10 +70,31 @@ class H3Cache(DynamicCache):
     def reset(self):
         super().reset()
         self.seen_tokens = 0
+        self.step_parameters = {}
+
+    @property
+    def is_linear(self) -> list[bool]:
+        """Per layer, whether it holds an SSM state only. When all do, reported as False: transformers >= 5.24 then
+        assumes the cache cannot tell how many tokens it holds and does not cut them off a continued prompt; this
+        cache counts them (``seen_tokens``)."""
+        linear = super().is_linear
+        return [False] * len(linear) if all(linear) else linear
 
     @property
     def is_compileable(self) -> bool:
         return False
+
+
+# transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache`` (the old name is a
+# deprecated alias there); both names are accepted here and outputs use the installed version's own field
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def given_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The cache passed as ``cache`` (transformers >= 5.24) or as ``past_key_values`` (before); not both."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the cache as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
 
 
 def cache_length(cache: Cache | None) -> int:
@@ -141,10 +163,13 @@ class H3Mixer(nn.Module):
         with no_autocast(hidden_states.device.type):
             dtype = compute_dtype(self.output_linear.weight)
             x = hidden_states.to(dtype)
-            step = derived_from_parameters(self, "step", lambda: self._step_parameters(dtype)) if decoding else None
+            step = self._decode_parameters(cache, dtype) if decoding else None
             if self.gated:
-                weight, bias = derived_from_parameters(self, "qkv", lambda: self._fused_qkv(dtype))
-                q, k, v = F.linear(x, weight, bias).transpose(1, 2).chunk(3, dim=1)  # each (B, d, L)
+                if decoding:  # one matmul for q, k and v
+                    q, k, v = F.linear(x, step["qkv_weight"], step["qkv_bias"]).transpose(1, 2).chunk(3, dim=1)
+                else:
+                    q, k, v = (F.linear(x, lin.weight.to(dtype), lin.bias.to(dtype)).transpose(1, 2)
+                               for lin in (self.q_proj, self.k_proj, self.v_proj))  # each (B, d, L)
                 k = mask_padding(k, ssm_mask)  # (B, d, L): padding never enters a state
                 k = self._shift_step(k, cache, step) if decoding else self._shift_convolve(k, cache)
                 kv = self._heads(k).unsqueeze(2) * self._heads(v).unsqueeze(1)  # (B, P, P, H, L)
@@ -174,16 +199,14 @@ class H3Mixer(nn.Module):
             cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)
         return k_shift
 
-    def _fused_qkv(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k and v projections as one (3d, d) weight and (3d,) bias: one matmul per step."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight, bias = torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])
-        return weight.to(dtype), bias.to(dtype)
-
     def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """What a decode step needs, derived from the weights once (memoised at inference until they change):
-        the shift kernel oldest-lag-first (d, N), ssm_k_D (d, 1), dA, dB, C (H, N) and D (H,)."""
+        """What a decode step needs from the weights: q/k/v as one (3d, d) weight and (3d,) bias, the shift kernel
+        oldest-lag-first (d, N), ssm_k_D (d, 1), dA, dB, C (H, N) and D (H,)."""
         out = {}
+        if self.gated:
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            out["qkv_weight"] = torch.cat([p.weight for p in projections]).to(dtype)
+            out["qkv_bias"] = torch.cat([p.bias for p in projections]).to(dtype)
         if self.use_shift:
             out["shift"] = self.shift_kernel().to(dtype).flip(-1)
             out["shift_skip"] = self.ssm_k_D.to(dtype)[:, None]
@@ -191,6 +214,36 @@ class H3Mixer(nn.Module):
             log_da, db, c = self.kernel.discrete()
             out.update(da=torch.exp(log_da), db=db, c=c[0], skip=self.D.to(dtype))
         return out
+
+    def _step_weights(self) -> list[torch.Tensor]:
+        """The weights :meth:`_step_parameters` reads, looked up afresh (a replaced submodule is seen)."""
+        weights = []
+        if self.gated:
+            weights += [t for p in (self.q_proj, self.k_proj, self.v_proj) for t in (p.weight, p.bias)]
+        if self.use_shift:
+            weights += [self.shift_kernel.B, self.shift_kernel.C, self.ssm_k_D]
+        if self.use_diag:
+            k = self.kernel
+            weights += [k.log_dt, k.inv_A_real, k.A_imag, k.B, k.C, self.D]
+        return weights
+
+    def _decode_parameters(self, cache: Cache, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """:meth:`_step_parameters`, kept in the ``H3Cache`` so a generation derives them once, not every token.
+
+        The entry lives as long as the cache (one generation) and is keyed on the identity, storage, version
+        counter, dtype and device of every weight read, so an in-place update (optimizer step, ``copy_``,
+        ``load_state_dict``) or a replaced weight or submodule between two steps is seen; an edit through
+        ``.data`` in the middle of a generation is not (it bumps no version counter). Recomputed (not stored)
+        while autograd is on, under ``torch.compile`` and for caches other than ``H3Cache``.
+        """
+        store = getattr(cache, "step_parameters", None)
+        if store is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._step_parameters(dtype)
+        key = (dtype, *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self._step_weights()))
+        entry = store.get(self.layer_idx)
+        if entry is None or entry[0] != key:
+            entry = store[self.layer_idx] = (key, self._step_parameters(dtype))
+        return entry[1]
 
     def _shift_step(self, k: torch.Tensor, cache: Cache, step: dict[str, torch.Tensor]) -> torch.Tensor:
         """Shift SSM for one token, k (batch, d, 1): a dot product with the cached window (oldest first)."""
@@ -419,6 +472,7 @@ class H3Model(H3PreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """
@@ -427,8 +481,10 @@ class H3Model(H3PreTrainedModel):
             attention_mask: (batch, past + length), 0 at padding (left padding for generation); or the
                 dict of masks per layer type that ``generate()`` builds for compileable caches.
             position_ids: (batch, length) positions for rotary attention (default: past + arange).
-            past_key_values: an ``H3Cache`` (created when ``use_cache`` and none is given).
+            past_key_values / cache: an ``H3Cache`` (created when ``use_cache`` and none is given); transformers
+                >= 5.24 passes it as ``cache``.
         """
+        past_key_values = given_cache(cache, past_key_values)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if self.gradient_checkpointing and self.training:
             use_cache = False
@@ -451,7 +507,7 @@ class H3Model(H3PreTrainedModel):
             causal_mask = None
             if self.config.attn_layer_idx:
                 causal_mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds,
-                                                 attention_mask=attention_mask, past_key_values=past_key_values,
+                                                 attention_mask=attention_mask, **{CACHE_FIELD: past_key_values},
                                                  position_ids=position_ids)
 
         hidden_states = self.drop(inputs_embeds)
@@ -464,9 +520,8 @@ class H3Model(H3PreTrainedModel):
         hidden_states = self.ln_f(hidden_states)
         if use_cache and hasattr(past_key_values, "seen_tokens"):
             past_key_values.seen_tokens += length
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states,
-                                       past_key_values=past_key_values if use_cache else None,
-                                       hidden_states=all_hidden)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, hidden_states=all_hidden,
+                                       **{CACHE_FIELD: past_key_values if use_cache else None})
 
 
 class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
@@ -489,9 +544,9 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length):
         """Build an ``H3Cache`` (not a stock DynamicCache, which cannot count tokens without attention)."""
-        if (model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False
+        if (model_kwargs.get(CACHE_FIELD) is None and generation_config.use_cache is not False
                 and generation_config.cache_implementation in (None, "dynamic")):
-            model_kwargs["past_key_values"] = H3Cache(config=self.config)
+            model_kwargs[CACHE_FIELD] = H3Cache(config=self.config)
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
                                                      max_cache_length)
@@ -508,12 +563,14 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Same inputs as :class:`H3Model`, plus ``labels`` (batch, length) (-100 = ignored; shifted
         inside the loss) and ``logits_to_keep`` (compute logits for the last N positions only)."""
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                past_key_values=given_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
+                                use_cache=use_cache,
                                 output_hidden_states=output_hidden_states)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -521,8 +578,8 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      **{CACHE_FIELD: outputs.get(CACHE_FIELD)})
 
 
 # save_pretrained copies this file and its relative imports into every checkpoint (see hub_utils.py)

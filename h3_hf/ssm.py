@@ -41,26 +41,6 @@ def no_autocast(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
-def derived_from_parameters(module: nn.Module, name: str, compute):
-    """``compute()``, memoised on ``module`` while no gradient can flow into its parameters (inference).
-
-    The memo is keyed on every parameter's identity, storage, version counter (bumped by every in-place
-    update: optimizer steps, ``load_state_dict``, ``copy_``), dtype and device, so it is recomputed whenever a
-    weight changes or is replaced. With gradients on, or while ``torch.compile`` traces, it is computed afresh.
-    """
-    memo = module.__dict__.setdefault("_derived_memo", {})
-    if "modules" not in memo:  # walking the module tree costs more than the step itself: done once
-        memo["modules"] = list(module.modules())
-    params = [p for m in memo["modules"] for p in m._parameters.values() if p is not None]
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
-        return compute()
-    key = tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-    hit = memo.get(name)
-    if hit is None or hit[0] != key:
-        hit = memo[name] = (key, compute())
-    return hit[1]
-
-
 # --------------------------------------------------------------------------------------------
 # HiPPO matrices and diagonal initialisations (float64)
 # --------------------------------------------------------------------------------------------

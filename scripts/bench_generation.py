@@ -9,7 +9,9 @@ Mamba: twice the blocks, since a Mamba block has no MLP) and run in one process 
 context C a prompt of C random tokens is prefilled once at batch 1 (a real forward pass with each model's own
 cache), the cache is repeated along the batch to each ``--batches`` size, then ``--steps`` single-token decode
 steps (``model(next_token, cache)``, greedy) are timed and the median reported. Also reported: tokens/s
-(batch / latency) and the bytes held by the cache after the prefill. Ratios printed: latency(C) /
+(batch / latency) and the bytes held by the cache after the prefill. GPT-2 runs twice: with transformers'
+default DynamicCache (which concatenates the whole K/V at every step, part of its cost) and with a preallocated
+StaticCache (written in place; attention spans all its slots, masked). Ratios printed: latency(C) /
 latency(smallest C) per model (O(1) decoding stays near 1), GPT-2 / H3 and Mamba / H3 at the same context.
 """
 
@@ -22,12 +24,14 @@ import time
 import bench_common
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
+from transformers.cache_utils import StaticCache
 from transformers.utils import logging as hf_logging
 
 from h3_hf import H3Config, H3ForCausalLM
 
-H3_PURE, H3_HYBRID, H3_COMPILED, GPT2, MAMBA = (
-    "H3 (pure)", "H3 (hybrid, 1 attn)", "H3 (pure, compiled)", "GPT-2 (KV cache)", "Mamba (recurrent)")
+H3_PURE, H3_HYBRID, H3_COMPILED, GPT2, GPT2_STATIC, MAMBA = (
+    "H3 (pure)", "H3 (hybrid, 1 attn)", "H3 (pure, compiled)", "GPT-2 (KV cache)", "GPT-2 (static cache)",
+    "Mamba (recurrent)")
 
 
 def build_models(d: int, layers: int, heads: int, vocab: int, max_context: int, compile_h3: bool) -> dict:
@@ -41,6 +45,7 @@ def build_models(d: int, layers: int, heads: int, vocab: int, max_context: int, 
         # a Mamba block has no MLP: twice the blocks give the same parameter count (as in the Mamba paper)
         MAMBA: MambaForCausalLM(MambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=2 * layers)),
     }
+    models[GPT2_STATIC] = models[GPT2]  # same weights; prefilled into a preallocated StaticCache
     if compile_h3:
         models[H3_COMPILED] = copy.deepcopy(models[H3_PURE])
     return {name: m.eval() for name, m in models.items()}
@@ -73,9 +78,12 @@ def cache_kwarg(model) -> str:
 
 
 @torch.no_grad()
-def prefill(model, context: int, vocab: int):
+def prefill(model, context: int, vocab: int, static_length: int | None = None):
+    """Batch-1 prefill of ``context`` random tokens; a StaticCache of ``static_length`` slots if given."""
     ids = torch.randint(0, vocab, (1, context))
-    out = model(input_ids=ids, use_cache=True)
+    cache = {} if static_length is None else {"past_key_values": StaticCache(config=model.config,
+                                                                             max_cache_len=static_length)}
+    out = model(input_ids=ids, use_cache=True, **cache)
     return getattr(out, cache_kwarg(model)), out.logits[:, -1:].argmax(-1)
 
 
@@ -139,7 +147,8 @@ def main(argv=None):
     for context in args.contexts:
         for name, model in models.items():
             start = time.perf_counter()
-            prefills[name, context] = (*prefill(model, context, args.vocab), time.perf_counter() - start)
+            static = context + args.warmup + args.rounds * args.steps + 1 if name == GPT2_STATIC else None
+            prefills[name, context] = (*prefill(model, context, args.vocab, static), time.perf_counter() - start)
     for batch in args.batches:
         decoders, samples, cache_bytes = {}, {}, {}
         for (name, context), (cache, token, _) in prefills.items():
@@ -166,12 +175,13 @@ def main(argv=None):
     base = str(min(args.contexts))
     for batch in map(str, args.batches):
         print(f"\nDecode latency per token (ms), batch {batch}, d={args.hidden_size}, {args.layers} layers, {machine}")
-        print("| context | " + " | ".join(models) + " | GPT-2 / H3 (pure) | Mamba / H3 (pure) |")
-        print("|" + "---|" * (len(models) + 3))
+        ratio_names = [GPT2, GPT2_STATIC, MAMBA]
+        print("| context | " + " | ".join(models) + "".join(f" | {n} / H3 (pure)" for n in ratio_names) + " |")
+        print("|" + "---|" * (len(models) + 4))
         for context in map(str, args.contexts):
             r = {name: results[name][batch][context]["seconds_per_token"] for name in models}
             cells = [f"{1e3 * r[n]:.2f} ({r[n] / results[n][batch][base]['seconds_per_token']:.2f}x)" for n in models]
-            ratios = f" | {r[GPT2] / r[H3_PURE]:.2f} | {r[MAMBA] / r[H3_PURE]:.2f} |"
+            ratios = "".join(f" | {r[n] / r[H3_PURE]:.2f}" for n in ratio_names) + " |"
             print(f"| {context} | " + " | ".join(cells) + ratios)
         print(f"(in parentheses: latency / latency at context {base})")
         print(f"\nCache memory (MiB), batch {batch}")

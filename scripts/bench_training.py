@@ -4,13 +4,15 @@
     python scripts/bench_training.py --lengths 1024 4096 --models h3 gpt2 --json out.json --plot out.png
     python scripts/bench_training.py --compile                        # adds H3 with torch.compile
 
+No model uses dropout (GPT-2's attention dropout would force sdpa's quadratic-memory math path on CPU).
 H3 and GPT-2 share width and depth (about the same parameter count); S4D and S5 have the same depth and the
 multiple-of-64 width whose parameter count is closest to H3's (``--no-match-parameters``: same width). One
 forward + backward pass (loss on every position for the LMs, on the pooled output for the classifiers,
 gradients zeroed between steps) is timed per model and length: one warm-up step, then the median of
 ``--steps``. Each (model, length) runs in its own process; its peak memory is the growth of the resident set
-during the steps (``VmHWM`` after the peak counter is reset, minus ``VmRSS`` before; glibc's mmap threshold is
-pinned so freed tensors leave the resident set), so weights and interpreter are not counted.
+during one step (``VmHWM`` after the peak counter is reset, minus ``VmRSS`` before), measured in a second process
+where glibc's mmap threshold is pinned so that freed tensors leave the resident set (that costs page faults,
+so the timing process keeps the default allocator); weights and interpreter are not counted.
 Printed: ms per step, peak MiB, MiB per 1k tokens (flat = linear memory), the
 ratio GPT-2 / H3, and the crossover length from which H3 is faster than GPT-2.
 """
@@ -36,15 +38,16 @@ def build(model: str, d: int, layers: int, heads: int, vocab: int, max_length: i
 
     if model in ("h3", "h3_compiled"):
         return h3_hf.H3ForCausalLM(h3_hf.H3Config(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers,
-                                      num_attention_heads=heads, pad_vocab_size_multiple=1))
+                                      num_attention_heads=heads, pad_vocab_size_multiple=1, embedding_dropout=0.0))
     if model == "s4d":
-        config = h3_hf.S4DConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_labels=10)
+        config = h3_hf.S4DConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_labels=10, dropout=0.0)
         return h3_hf.S4DForSequenceClassification(config)
     if model == "s5":
-        config = h3_hf.S5Config(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_labels=10)
+        config = h3_hf.S5Config(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_labels=10, dropout=0.0)
         return h3_hf.S5ForSequenceClassification(config)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=heads,
-                                      n_positions=max_length, attn_implementation="sdpa"))
+    # no dropout anywhere: attention dropout would push sdpa off its fused CPU kernel onto the L x L math path
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=heads, n_positions=max_length,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa"))
 
 
 def parameter_count(model: str, d: int, args) -> int:
@@ -103,19 +106,26 @@ def child(args) -> dict:
 
 
 def run_child(model: str, length: int, args) -> dict | None:
+    """Two processes: one times the steps with the default allocator; one, with glibc's mmap threshold pinned
+    (freed tensors leave the resident set, but every large allocation costs page faults), measures the peak."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", model, "--length", str(length),
            "--hidden-size", str(args.widths[model]), "--layers", str(args.layers), "--heads", str(args.heads),
-           "--vocab", str(args.vocab), "--batch", str(args.batch), "--steps", str(args.steps)]
+           "--vocab", str(args.vocab), "--batch", str(args.batch)]
+    pinned = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     try:
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True, env=env)
+        timing = subprocess.run(cmd + ["--steps", str(args.steps)], capture_output=True, text=True,
+                                timeout=args.timeout, check=True)
+        memory = subprocess.run(cmd + ["--steps", "1"], capture_output=True, text=True, timeout=args.timeout,
+                                check=True, env=pinned)
     except subprocess.TimeoutExpired:
         print(f"{LABELS[model]} L={length}: over {args.timeout} s, skipped", flush=True)
         return None
     except subprocess.CalledProcessError as err:
-        print(f"{LABELS[model]} L={length} failed:\n{err.stderr[-2000:]}", flush=True)
+        print(f"{LABELS[model]} L={length} failed (exit {err.returncode}):\n{err.stderr[-2000:]}", flush=True)
         return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(timing.stdout.strip().splitlines()[-1])
+    result["peak_bytes"] = json.loads(memory.stdout.strip().splitlines()[-1])["peak_bytes"]
+    return result
 
 
 def crossover(lengths: list[int], h3: dict, gpt2: dict) -> str:
@@ -125,10 +135,10 @@ def crossover(lengths: list[int], h3: dict, gpt2: dict) -> str:
     points = [(L, gpt2[L]["seconds_per_step"] / h3[L]["seconds_per_step"]) for L in lengths if L in h3 and L in gpt2]
     if not points:
         return "not measured"
-    if points[0][1] >= 1:
+    if all(r >= 1 for _, r in points):
         return f"H3 is faster at every measured length (from L = {points[0][0]})"
-    for (l0, r0), (l1, r1) in zip(points, points[1:]):
-        if r0 < 1 <= r1:
+    for (l0, r0), (l1, r1) in zip(points, points[1:]):  # the last crossing from slower to faster
+        if r0 < 1 <= r1 and all(r >= 1 for L, r in points if L > l1):
             t = -math.log(r0) / (math.log(r1) - math.log(r0))
             return f"L ~ {math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0))):.0f}"
     return f"none up to L = {points[-1][0]}"

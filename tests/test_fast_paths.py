@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from h3_hf import H3Config, H3ForCausalLM
-from h3_hf.ssm import derived_from_parameters, fft_causal_conv, fft_length, vandermonde, vandermonde_transpose
+from h3_hf.ssm import fft_causal_conv, fft_length, vandermonde, vandermonde_transpose
 
 
 def naive_vandermonde(coeff, log_da, length, offset=0):
@@ -96,6 +96,13 @@ def tiny_model(**overrides) -> H3ForCausalLM:
     return H3ForCausalLM(H3Config(**config)).eval()
 
 
+def fresh_copy(model: H3ForCausalLM) -> H3ForCausalLM:
+    """An independently built model with the same weights (nothing memoised)."""
+    copy = H3ForCausalLM(model.config).to(model.dtype).eval()
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
 def decode_logits(model, ids, new_tokens):
     """Logits of each forced next token through the cache (batch, new, vocab)."""
     out = model(input_ids=ids[:, :-new_tokens], use_cache=True)
@@ -106,12 +113,7 @@ def decode_logits(model, ids, new_tokens):
     return torch.stack(logits, dim=1)
 
 
-@pytest.mark.parametrize("change", ["in_place", "optimizer_step", "load_state_dict"])
-def test_decode_uses_the_current_weights_after_they_change(change):
-    model = tiny_model()
-    ids = torch.randint(0, 40, (2, 12))
-    with torch.no_grad():
-        decode_logits(model, ids, 4)  # fills the memo with the old weights
+def change_weights(model, change: str, ids):
     if change == "in_place":
         with torch.no_grad():
             for mixer in (block.mixer for block in model.backbone.layers):
@@ -122,43 +124,93 @@ def test_decode_uses_the_current_weights_after_they_change(change):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
-    else:
+    elif change == "load_state_dict":
         model.load_state_dict({k: v * 1.5 if "kernel" in k else v for k, v in model.state_dict().items()})
+    elif change == "replace_submodule":
+        torch.manual_seed(1)
+        model.backbone.layers[0].mixer.q_proj = torch.nn.Linear(16, 16)
+    else:  # a dtype change moves every weight
+        model.double()
+
+
+CHANGES = ["in_place", "optimizer_step", "load_state_dict", "replace_submodule", "to_float64"]
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_forward_and_decode_use_the_current_weights_after_they_change(change):
+    model = tiny_model()
+    ids = torch.randint(0, 40, (2, 12))
     with torch.no_grad():
-        cached = decode_logits(model, ids, 4)
-        full = model(input_ids=ids).logits[:, -4:]
-    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
-
-
-def test_memo_is_reused_at_inference_refreshed_on_change_and_bypassed_with_autograd():
-    module = torch.nn.Linear(3, 3)
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return module.weight * 2
-
+        decode_logits(model, ids, 4)
+        model(input_ids=ids)
+    change_weights(model, change, ids)
+    reference = fresh_copy(model)
     with torch.no_grad():
-        first = derived_from_parameters(module, "w2", compute)
-        assert derived_from_parameters(module, "w2", compute) is first and len(calls) == 1
-        module.weight.add_(1.0)
-        torch.testing.assert_close(derived_from_parameters(module, "w2", compute), module.weight * 2)
-        assert len(calls) == 2
-    with_grad = derived_from_parameters(module, "w2", compute)
-    assert len(calls) == 3 and with_grad.grad_fn is not None
-    with_grad.sum().backward()
-    assert torch.equal(module.weight.grad, torch.full((3, 3), 2.0))
+        torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(decode_logits(model, ids, 4), reference(input_ids=ids).logits[:, -4:],
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_step_parameters_stored_in_the_cache_follow_weight_changes_between_steps(change):
+    model = tiny_model()
+    ids = torch.randint(0, 40, (2, 12))
+    with torch.no_grad():
+        cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)
+        mixer = model.backbone.layers[0].mixer
+        dtype = mixer.output_linear.weight.dtype
+        first = mixer._decode_parameters(cache, dtype)
+        assert mixer._decode_parameters(cache, dtype) is first  # derived once per generation
+    change_weights(model, change, ids)
+    with torch.no_grad():
+        mixer = model.backbone.layers[0].mixer
+        dtype = mixer.output_linear.weight.dtype
+        stored = mixer._decode_parameters(cache, dtype)
+        fresh = fresh_copy(model).backbone.layers[0].mixer._step_parameters(dtype)
+    assert stored.keys() == fresh.keys()
+    for name in fresh:
+        torch.testing.assert_close(stored[name], fresh[name], rtol=0, atol=0, msg=name)
+
+
+def test_generation_in_inference_mode_leaves_the_model_usable_with_autograd():
+    model = tiny_model()
+    ids = torch.randint(0, 40, (1, 6))
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=3, do_sample=False)
+    model.requires_grad_(False)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+    model(inputs_embeds=embeds).logits.square().sum().backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+
+
+def test_decode_with_autograd_on_builds_a_graph_to_the_ssm_weights():
+    model = tiny_model()
+    ids = torch.randint(0, 40, (1, 6))
+    with torch.no_grad():
+        cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        model(input_ids=ids[:, -2:-1], past_key_values=cache, use_cache=True)  # fills the cache's store
+    mixer = model.backbone.layers[0].mixer
+    step = mixer._decode_parameters(cache, torch.float32)
+    step["da"].abs().sum().backward()
+    assert mixer.kernel.log_dt.grad is not None and mixer.kernel.log_dt.grad.abs().sum() > 0
 
 
 def test_torch_compile_training_forward_and_backward_match_eager():
-    """float64 so that a wrong gradient cannot hide in rounding (inductor once got the SSM kernel's wrong)."""
+    """float64 so that a wrong gradient cannot hide in rounding (inductor once got the SSM kernel's wrong). The loss
+    is computed here in float64 (transformers' own LM loss casts the logits to float32)."""
     model = tiny_model().double()
     ids = torch.randint(0, 40, (2, 24))
-    eager = model(input_ids=ids, labels=ids).loss
+
+    def loss_of(forward):
+        logits = forward(input_ids=ids).logits
+        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+
+    eager = loss_of(model)
     eager.backward()
     eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    compiled = torch.compile(model)(input_ids=ids, labels=ids).loss
+    compiled = loss_of(torch.compile(model))
     compiled.backward()
     torch.testing.assert_close(compiled, eager, rtol=1e-8, atol=0)
     for name, param in model.named_parameters():
