@@ -1,19 +1,15 @@
 """H3 (Hungry Hungry Hippos) configuration."""
 
-from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
+
+from .validation import require, require_choice, require_common, require_positive, strict_config
 
 H3_DISCRETIZATIONS = ("zoh", "bilinear")
 H3_MIXER_TYPES = ("h3", "h3_shift_only", "h3_diag_only", "s4d")
 H3_SSM_INITS = ("lin", "inv", "legs")
 
 
-def _require(ok: bool, field: str, value, allowed: str):
-    if not ok:
-        raise ValueError(f"H3Config.{field}={value!r} is invalid: {allowed}")
-
-
-@strict(accept_kwargs=True)
+@strict_config
 class H3Config(PreTrainedConfig):
     r"""Configuration of an H3 language model (defaults: the released H3-125M).
 
@@ -83,13 +79,13 @@ class H3Config(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.attn_layer_idx is None:
             self.attn_layer_idx = []
-        self.attn_layer_idx = sorted(int(i) for i in self.attn_layer_idx)
+        self.attn_layer_idx = sorted(self.attn_layer_idx)
         if self.ssm_init is None:
             self.ssm_init = "inv" if self.mixer_type == "s4d" else "lin"
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
-        if self.pad_vocab_size_multiple > 1 and self.vocab_size % self.pad_vocab_size_multiple:
-            m = self.pad_vocab_size_multiple
+        m = self.pad_vocab_size_multiple
+        if self.vocab_size > 0 and m > 1 and self.vocab_size % m:
             self.vocab_size = (self.vocab_size + m - 1) // m * m
         super().__post_init__(**kwargs)
         self.validate_h3()
@@ -101,35 +97,32 @@ class H3Config(PreTrainedConfig):
                 for i in range(self.num_hidden_layers)]
 
     def validate_h3(self):
-        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "head_dim", "num_attention_heads",
-                      "intermediate_size", "pad_vocab_size_multiple"):
-            _require(getattr(self, field) > 0, field, getattr(self, field), "must be a positive integer")
-        _require(self.state_size > 0 and self.state_size % 2 == 0, "state_size", self.state_size,
-                 "must be a positive even integer")
-        _require(self.hidden_size % self.head_dim == 0, "head_dim", self.head_dim,
-                 f"must divide hidden_size={self.hidden_size}")
+        """Every field (types are checked by ``strict``); ValueError naming the field, its value and what is
+        allowed. Also run when a model is built, for fields changed after construction."""
+        require_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "head_dim", "num_attention_heads",
+                         "intermediate_size", "pad_vocab_size_multiple")
+        require_positive(self, "kernel_chunk_size", optional=True)
+        require(self, self.state_size > 0 and self.state_size % 2 == 0, "state_size",
+                "must be a positive even integer")
+        require(self, self.hidden_size % self.head_dim == 0, "head_dim", f"must divide hidden_size={self.hidden_size}")
         bad = [i for i in self.attn_layer_idx if not 0 <= i < self.num_hidden_layers]
-        _require(not bad and len(set(self.attn_layer_idx)) == len(self.attn_layer_idx), "attn_layer_idx",
-                 self.attn_layer_idx, f"entries must be distinct layer indices in [0, {self.num_hidden_layers})")
-        if self.attn_layer_idx:
-            _require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-                     self.num_attention_heads, f"must divide hidden_size={self.hidden_size}")
+        require(self, not bad and len(set(self.attn_layer_idx)) == len(self.attn_layer_idx), "attn_layer_idx",
+                f"entries must be distinct layer indices in [0, num_hidden_layers={self.num_hidden_layers})")
+        require(self, self.rotary_emb_dim >= 0 and self.rotary_emb_dim % 2 == 0, "rotary_emb_dim",
+                "must be an even integer >= 0")
+        if self.attn_layer_idx:  # only attention layers use the head count and rotary dims
+            require(self, self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
+                    f"must divide hidden_size={self.hidden_size} when attn_layer_idx is not empty")
             head = self.hidden_size // self.num_attention_heads
-            _require(0 <= self.rotary_emb_dim <= head and self.rotary_emb_dim % 2 == 0, "rotary_emb_dim",
-                     self.rotary_emb_dim, f"must be an even number in [0, attention head dim {head}]")
-        _require(self.mixer_type in H3_MIXER_TYPES, "mixer_type", self.mixer_type,
-                 f"allowed values are {H3_MIXER_TYPES}")
-        _require(self.mixer_type != "s4d" or self.head_dim == 1, "head_dim", self.head_dim,
-                 "must be 1 when mixer_type='s4d' (one SISO SSM per channel)")
-        _require(self.ssm_init in H3_SSM_INITS, "ssm_init", self.ssm_init, f"allowed values are {H3_SSM_INITS}")
-        _require(self.discretization in H3_DISCRETIZATIONS, "discretization", self.discretization,
-                 f"allowed values are {H3_DISCRETIZATIONS}")
-        _require(0 < self.dt_min < self.dt_max, "dt_min/dt_max", (self.dt_min, self.dt_max),
-                 "need 0 < dt_min < dt_max")
-        for field in ("embedding_dropout", "resid_dropout", "attention_dropout"):
-            _require(0.0 <= getattr(self, field) < 1.0, field, getattr(self, field), "must be in [0, 1)")
-        _require(self.kernel_chunk_size is None or self.kernel_chunk_size > 0, "kernel_chunk_size",
-                 self.kernel_chunk_size, "must be None or a positive integer")
+            require(self, self.rotary_emb_dim <= head, "rotary_emb_dim",
+                    f"must be an even number in [0, attention head dim {head}]")
+        require(self, 0 < self.rope_theta < float("inf"), "rope_theta", "must be a finite number > 0")
+        require_choice(self, "mixer_type", H3_MIXER_TYPES)
+        require(self, self.mixer_type != "s4d" or self.head_dim == 1, "head_dim",
+                "must be 1 when mixer_type='s4d' (one SISO SSM per channel)")
+        require_choice(self, "ssm_init", H3_SSM_INITS)
+        require_choice(self, "discretization", H3_DISCRETIZATIONS)
+        require_common(self, ("embedding_dropout", "resid_dropout", "attention_dropout"), "layer_norm_epsilon")
 
 
 __all__ = ["H3Config"]

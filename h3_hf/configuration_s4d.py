@@ -1,19 +1,15 @@
 """S4D configuration."""
 
-from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
+
+from .validation import require, require_choice, require_classifier, require_common, require_positive, strict_config
 
 S4D_INITS = ("inv", "lin", "legs")
 S4D_DISCRETIZATIONS = ("zoh", "bilinear")
 S4D_POOLINGS = ("mean", "last")
 
 
-def _require(ok: bool, field: str, value, allowed: str):
-    if not ok:
-        raise ValueError(f"S4DConfig.{field}={value!r} is invalid: {allowed}")
-
-
-@strict(accept_kwargs=True)
+@strict_config
 class S4DConfig(PreTrainedConfig):
     r"""Configuration of an S4D (diagonal S4) sequence model.
 
@@ -30,7 +26,7 @@ class S4DConfig(PreTrainedConfig):
         state_size: real state size N per channel (N/2 complex modes are stored); positive, even.
         init: initialisation of A: "inv" (S4D-Inv), "lin" (S4D-Lin) or "legs" (S4D-LegS).
         discretization: "zoh" or "bilinear".
-        dt_min, dt_max: range of the log-uniform initial step sizes, 0 < dt_min < dt_max.
+        dt_min, dt_max: range of the log-uniform initial step sizes, 0 < dt_min <= dt_max.
         bidirectional: add an anti-causal kernel (sees the future; cannot stream).
         dropout: dropout after the SSM activation and after each block.
         prenorm: LayerNorm before each block (and a final norm) instead of after.
@@ -68,27 +64,16 @@ class S4DConfig(PreTrainedConfig):
         self.validate_s4d()
 
     def validate_s4d(self):
-        _require((self.vocab_size is None) != (self.input_size is None), "vocab_size/input_size",
-                 (self.vocab_size, self.input_size),
-                 "set exactly one of vocab_size (tokens) or input_size (real-valued)")
-        if self.vocab_size is not None:
-            _require(self.vocab_size > 0, "vocab_size", self.vocab_size, "must be a positive integer")
-        if self.input_size is not None:
-            _require(self.input_size > 0, "input_size", self.input_size, "must be a positive integer")
-        _require(self.hidden_size > 0, "hidden_size", self.hidden_size, "must be a positive integer")
-        _require(self.num_hidden_layers > 0, "num_hidden_layers", self.num_hidden_layers, "must be a positive integer")
-        _require(self.state_size > 0 and self.state_size % 2 == 0, "state_size", self.state_size,
-                 "must be a positive even integer (N/2 complex modes are stored)")
-        _require(self.init in S4D_INITS, "init", self.init, f"allowed values are {S4D_INITS}")
-        _require(self.discretization in S4D_DISCRETIZATIONS, "discretization", self.discretization,
-                 f"allowed values are {S4D_DISCRETIZATIONS}")
-        _require(0 < self.dt_min < self.dt_max, "dt_min/dt_max", (self.dt_min, self.dt_max),
-                 "need 0 < dt_min < dt_max")
-        _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
-        _require(self.pooling in S4D_POOLINGS, "pooling", self.pooling, f"allowed values are {S4D_POOLINGS}")
-        _require(self.layer_norm_eps > 0, "layer_norm_eps", self.layer_norm_eps, "must be > 0")
-        _require(self.kernel_chunk_size is None or self.kernel_chunk_size > 0, "kernel_chunk_size",
-                 self.kernel_chunk_size, "must be None or a positive integer")
+        """Every field (types are checked by ``strict``); ValueError naming the field, its value and what is
+        allowed. Also run when a model is built, for fields changed after construction."""
+        require_classifier(self, S4D_POOLINGS)
+        require_positive(self, "hidden_size", "num_hidden_layers")
+        require_positive(self, "kernel_chunk_size", optional=True)
+        require(self, self.state_size > 0 and self.state_size % 2 == 0, "state_size",
+                "must be a positive even integer (N/2 complex modes are stored)")
+        require_choice(self, "init", S4D_INITS)
+        require_choice(self, "discretization", S4D_DISCRETIZATIONS)
+        require_common(self, ("dropout",), "layer_norm_eps")
 
 
 __all__ = ["S4DConfig"]

@@ -1,7 +1,8 @@
 """S5 configuration."""
 
-from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
+
+from .validation import require, require_choice, require_classifier, require_common, require_positive, strict_config
 
 S5_DISCRETIZATIONS = ("zoh", "bilinear")
 S5_C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
@@ -9,12 +10,7 @@ S5_POOLINGS = ("mean", "last")
 S5_ACTIVATIONS = ("half_glu1", "half_glu2", "full_glu", "gelu")
 
 
-def _require(ok: bool, field: str, value, allowed: str):
-    if not ok:
-        raise ValueError(f"S5Config.{field}={value!r} is invalid: {allowed}")
-
-
-@strict(accept_kwargs=True)
+@strict_config
 class S5Config(PreTrainedConfig):
     r"""Configuration of an S5 sequence model (one MIMO diagonal SSM per layer, run with a parallel scan).
 
@@ -71,30 +67,20 @@ class S5Config(PreTrainedConfig):
         self.validate_s5()
 
     def validate_s5(self):
-        _require((self.vocab_size is None) != (self.input_size is None), "vocab_size/input_size",
-                 (self.vocab_size, self.input_size),
-                 "set exactly one of vocab_size (tokens) or input_size (real-valued)")
-        for field in ("hidden_size", "num_hidden_layers", "state_size", "blocks") + (
-                ("vocab_size",) if self.vocab_size is not None else ("input_size",)):
-            value = getattr(self, field)
-            _require(isinstance(value, int) and value > 0, field, value, "must be a positive integer")
-        _require(self.state_size % self.blocks == 0, "blocks", self.blocks,
-                 f"must divide state_size={self.state_size}")
+        """Every field (types are checked by ``strict``); ValueError naming the field, its value and what is
+        allowed. Also run when a model is built, for fields changed after construction."""
+        require_classifier(self, S5_POOLINGS)
+        require_positive(self, "hidden_size", "num_hidden_layers", "state_size", "blocks")
+        require_positive(self, "scan_chunk_size", optional=True)
+        require(self, self.state_size % self.blocks == 0, "blocks", f"must divide state_size={self.state_size}")
         block = self.state_size // self.blocks
-        _require(not self.conj_sym or block % 2 == 0, "conj_sym", self.conj_sym,
-                 f"needs an even block size state_size/blocks, got {block}")
-        _require(self.discretization in S5_DISCRETIZATIONS, "discretization", self.discretization,
-                 f"allowed values are {S5_DISCRETIZATIONS}")
-        _require(self.C_init in S5_C_INITS, "C_init", self.C_init, f"allowed values are {S5_C_INITS}")
-        _require(self.activation in S5_ACTIVATIONS, "activation", self.activation,
-                 f"allowed values are {S5_ACTIVATIONS}")
-        _require(0 < self.dt_min < self.dt_max, "dt_min/dt_max", (self.dt_min, self.dt_max), "need 0 < dt_min < dt_max")
-        _require(self.step_rescale > 0, "step_rescale", self.step_rescale, "must be > 0")
-        _require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
-        _require(self.pooling in S5_POOLINGS, "pooling", self.pooling, f"allowed values are {S5_POOLINGS}")
-        _require(self.layer_norm_eps > 0, "layer_norm_eps", self.layer_norm_eps, "must be > 0")
-        _require(self.scan_chunk_size is None or self.scan_chunk_size > 0, "scan_chunk_size",
-                 self.scan_chunk_size, "must be None or a positive integer")
+        require(self, not self.conj_sym or block % 2 == 0, "conj_sym",
+                f"True needs an even block size state_size/blocks, got {block}")
+        require_choice(self, "discretization", S5_DISCRETIZATIONS)
+        require_choice(self, "C_init", S5_C_INITS)
+        require_choice(self, "activation", S5_ACTIVATIONS)
+        require(self, 0 < self.step_rescale < float("inf"), "step_rescale", "must be a finite number > 0")
+        require_common(self, ("dropout",), "layer_norm_eps")
 
 
 __all__ = ["S5Config"]

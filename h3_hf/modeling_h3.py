@@ -38,6 +38,7 @@ from .ssm import (
     initial_state_response,
     no_autocast,
 )
+from .validation import check_class_ids, check_ids_or_embeds
 
 
 class H3Cache(DynamicCache):
@@ -291,11 +292,12 @@ def apply_partial_rotary(x: torch.Tensor, position_ids: torch.Tensor, rotary_dim
     """
     if rotary_dim == 0:
         return x
-    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=torch.float32) / rotary_dim)
-    angles = position_ids.to(torch.float32)[..., None] * inv_freq  # (B, L, rotary_dim/2)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # half precision computed in float32, float64 kept
+    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=dtype) / rotary_dim)
+    angles = position_ids.to(dtype)[..., None] * inv_freq  # (B, L, rotary_dim/2)
     emb = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, L, rotary_dim)
     rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
-    rot = rot.float() * emb.cos() + rotate_half(rot.float()) * emb.sin()
+    rot = rot.to(dtype) * emb.cos() + rotate_half(rot.to(dtype)) * emb.sin()
     return torch.cat([rot.to(x.dtype), rest], dim=-1)
 
 
@@ -305,7 +307,7 @@ def eager_attention_forward(module: nn.Module, query, key, value, attention_mask
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         weights = weights + attention_mask
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.softmax(weights, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
@@ -418,29 +420,19 @@ class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
             init.normal_(out.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
 
 
-def check_lm_inputs(config: H3Config, input_ids, inputs_embeds, attention_mask, past_length: int):
-    """Validate inputs before any work; returns (batch, length)."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("pass exactly one of input_ids or inputs_embeds")
-    if input_ids is not None:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
-        shape = tuple(input_ids.shape)
-    else:
-        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
-            raise ValueError(f"inputs_embeds must have shape (batch, length, {config.hidden_size}), got "
-                             f"{tuple(inputs_embeds.shape)}")
-        shape = tuple(inputs_embeds.shape[:2])
-    if shape[1] == 0:
-        raise ValueError("the input sequences are empty (length 0)")
+def check_lm_inputs(model: "H3Model", input_ids, inputs_embeds, attention_mask, position_ids, past_length: int):
+    """Validate inputs before any work (ValueError naming the argument); returns (batch, length)."""
+    shape = check_ids_or_embeds(input_ids, inputs_embeds, model.config.vocab_size, model.config.hidden_size,
+                                model.embeddings.weight.dtype)
     if attention_mask is not None and not isinstance(attention_mask, dict):
         if attention_mask.dim() != 2 or attention_mask.shape[0] != shape[0] or \
                 attention_mask.shape[1] not in (shape[1], past_length + shape[1]):
             raise ValueError(f"attention_mask must have shape (batch, past + length) = ({shape[0]}, "
                              f"{past_length + shape[1]}), got {tuple(attention_mask.shape)}")
+    if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[0] not in (1, shape[0])
+                                     or position_ids.shape[1] != shape[1]):
+        raise ValueError(f"position_ids must have shape (batch or 1, length) = ({shape[0]}, {shape[1]}), got "
+                         f"{tuple(position_ids.shape)}")
     return shape
 
 
@@ -448,6 +440,7 @@ class H3Model(H3PreTrainedModel):
     """Embedding -> H3 blocks -> ln_f. Returns ``BaseModelOutputWithPast`` (batch, length, d)."""
 
     def __init__(self, config: H3Config):
+        config.validate_h3()  # again: fields may have been changed since construction
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.drop = nn.Dropout(config.embedding_dropout)
@@ -489,7 +482,7 @@ class H3Model(H3PreTrainedModel):
         if self.gradient_checkpointing and self.training:
             use_cache = False
         past_length = cache_length(past_key_values)
-        batch, length = check_lm_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        batch, length = check_lm_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_length)
         if use_cache and past_key_values is None:
             past_key_values = H3Cache(config=self.config)
         if inputs_embeds is None:
@@ -551,6 +544,18 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
                                                      max_cache_length)
 
+    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
+        """``GenerationMixin.generate`` with the prompt (``inputs`` / ``input_ids`` or ``inputs_embeds``) and its
+        ``attention_mask`` checked first, as ``forward`` checks them: transformers would otherwise drop an all-ones
+        mask of any shape, or fail later on one of the wrong batch size."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        embeds = kwargs.get("inputs_embeds")
+        if ids is not None or embeds is not None:
+            past = cache_length(given_cache(kwargs.get("cache"), kwargs.get("past_key_values")))
+            check_lm_inputs(self.backbone, ids if embeds is None else None, embeds, kwargs.get("attention_mask"),
+                            None, past)
+        return super().generate(inputs, *args, **kwargs)
+
     @can_return_tuple
     def forward(
         self,
@@ -568,6 +573,12 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Same inputs as :class:`H3Model`, plus ``labels`` (batch, length) (-100 = ignored; shifted
         inside the loss) and ``logits_to_keep`` (compute logits for the last N positions only)."""
+        if labels is not None:
+            given = input_ids if input_ids is not None else inputs_embeds
+            if given is not None and tuple(labels.shape) != tuple(given.shape[:2]):
+                raise ValueError(f"labels must have the inputs' shape (batch, length) = {tuple(given.shape[:2])}, "
+                                 f"got {tuple(labels.shape)}")
+            check_class_ids("labels", labels, self.config.vocab_size, kwargs.get("ignore_index", -100))
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=given_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
                                 use_cache=use_cache,

@@ -19,7 +19,7 @@ from transformers.utils import can_return_tuple
 
 from .configuration_s4d import S4DConfig
 from .hub_utils import CodeInCheckpointMixin
-from .sequence_utils import build_encoder, classification_output, encode_inputs, run_blocks
+from .sequence_utils import build_encoder, check_labels, classification_output, encode_inputs, run_blocks
 from .ssm import (
     DiagonalSSMKernel,
     diagonal_state,
@@ -163,6 +163,7 @@ class S4DModel(S4DPreTrainedModel):
     """
 
     def __init__(self, config: S4DConfig):
+        config.validate_s4d()  # again: fields may have been changed since construction
         super().__init__(config)
         self.encoder = build_encoder(config)
         self.layers = nn.ModuleList([S4DBlock(config) for _ in range(config.num_hidden_layers)])
@@ -235,6 +236,7 @@ class S4DForSequenceClassification(S4DPreTrainedModel):
     ) -> SequenceClassifierOutput:
         """Same inputs as :class:`S4DModel` plus ``labels`` (batch,) class ids (or floats for
         regression / multi-label). Returns logits (batch, num_labels)."""
+        check_labels(self.config, labels, input_ids, inputs_embeds, input_values)
         outputs = self.s4d(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                            input_values=input_values, output_hidden_states=output_hidden_states)
         return classification_output(self, outputs, attention_mask, labels)

@@ -17,21 +17,8 @@ from transformers.utils import can_return_tuple
 
 from .configuration_s5 import S5Config
 from .hub_utils import CodeInCheckpointMixin
-from .sequence_utils import build_encoder, classification_output, encode_inputs, run_blocks
+from .sequence_utils import build_encoder, check_labels, classification_output, encode_inputs, run_blocks
 from .ssm import S5SSM
-
-
-def check_timesteps(timesteps: torch.Tensor | None, shape: tuple[int, int]):
-    """``timesteps`` must be (batch, length), finite and > 0."""
-    if timesteps is None:
-        return
-    if tuple(timesteps.shape) != tuple(shape):
-        raise ValueError(f"timesteps must have shape (batch, length) = {tuple(shape)}, got {tuple(timesteps.shape)}")
-    if not timesteps.is_floating_point():
-        raise ValueError(f"timesteps must be a floating-point tensor, got {timesteps.dtype}")
-    if not torch.isfinite(timesteps).all() or (timesteps <= 0).any():
-        raise ValueError("timesteps must be finite and > 0 (intervals t_k - t_(k-1)); got values in "
-                         f"[{float(timesteps.min())}, {float(timesteps.max())}] or non-finite ones")
 
 
 class S5Layer(nn.Module):
@@ -66,6 +53,8 @@ class S5Layer(nn.Module):
         the SSM so it never enters a valid position's state); timesteps (batch, length) > 0."""
         if attention_mask is not None:
             hidden_states = hidden_states * attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+            if timesteps is not None:  # the backward scan reads timesteps[:, k + 1]: after the end it must be 1,
+                timesteps = timesteps.masked_fill(~attention_mask.bool(), 1.0)  # as for the sequence alone
         y = self.ssm(hidden_states, timesteps).to(hidden_states.dtype)
         return self.output(y)
 
@@ -132,6 +121,7 @@ class S5Model(S5PreTrainedModel):
     """
 
     def __init__(self, config: S5Config):
+        config.validate_s5()  # again: fields may have been changed since construction
         super().__init__(config)
         self.encoder = build_encoder(config)
         self.layers = nn.ModuleList([S5Block(config) for _ in range(config.num_hidden_layers)])
@@ -164,8 +154,7 @@ class S5Model(S5PreTrainedModel):
             timesteps: (batch, length) positive intervals between consecutive samples (irregular
                 sampling); position k is discretised with its step times ``timesteps[:, k]``.
         """
-        hidden_states = encode_inputs(self, input_ids, inputs_embeds, input_values, attention_mask)
-        check_timesteps(timesteps, hidden_states.shape[:2])
+        hidden_states = encode_inputs(self, input_ids, inputs_embeds, input_values, attention_mask, timesteps)
         output_hidden_states = output_hidden_states or self.config.output_hidden_states
         hidden_states, all_hidden = run_blocks(self.layers, hidden_states, output_hidden_states, attention_mask,
                                                timesteps)
@@ -207,6 +196,7 @@ class S5ForSequenceClassification(S5PreTrainedModel):
         **kwargs,
     ) -> SequenceClassifierOutput:
         """Same inputs as :class:`S5Model` plus ``labels`` (batch,). Returns logits (batch, num_labels)."""
+        check_labels(self.config, labels, input_ids, inputs_embeds, input_values)
         outputs = self.s5(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                           input_values=input_values, timesteps=timesteps, output_hidden_states=output_hidden_states)
         return classification_output(self, outputs, attention_mask, labels)

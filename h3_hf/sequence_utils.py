@@ -4,40 +4,48 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .validation import check_class_ids, check_ids_or_embeds
 
-def check_sequence_inputs(config, input_ids, inputs_embeds, attention_mask, embed_dtype, embed_size):
+
+def check_sequence_inputs(config, input_ids, inputs_embeds, attention_mask, timesteps, embed_dtype, embed_size):
     """Validate model inputs before any work; returns (batch, length). Raises ValueError naming the argument."""
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("pass exactly one of input_ids or inputs_embeds")
-    if input_ids is not None:
-        if config.vocab_size is None:
-            raise ValueError(
-                f"input_ids given but this model takes real-valued inputs_embeds of shape (batch, length, "
-                f"{config.input_size}) (config.vocab_size is None)")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={config.vocab_size}), got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]")
-        shape = tuple(input_ids.shape)
-    else:
-        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != embed_size:
-            raise ValueError(f"inputs_embeds must have shape (batch, length, {embed_size}), got "
-                             f"{tuple(inputs_embeds.shape)}")
-        if not inputs_embeds.is_floating_point():
-            raise ValueError(f"inputs_embeds must be a floating-point tensor, got {inputs_embeds.dtype}")
-        if inputs_embeds.dtype != embed_dtype and not torch.is_autocast_enabled(inputs_embeds.device.type):
-            raise ValueError(f"inputs_embeds has dtype {inputs_embeds.dtype} but the model's parameters are "
-                             f"{embed_dtype}; cast the inputs (or the model) explicitly")
-        shape = tuple(inputs_embeds.shape[:2])
-    if shape[1] == 0:
-        raise ValueError("the input sequences are empty (length 0)")
+    if input_ids is not None and config.vocab_size is None:
+        raise ValueError(
+            f"input_ids given but this model takes real-valued inputs_embeds of shape (batch, length, "
+            f"{config.input_size}) (config.vocab_size is None)")
+    shape = check_ids_or_embeds(input_ids, inputs_embeds, config.vocab_size, embed_size, embed_dtype)
     if attention_mask is not None and tuple(attention_mask.shape) != shape:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {shape}")
+    if timesteps is not None:
+        if tuple(timesteps.shape) != shape:
+            raise ValueError(f"timesteps must have shape (batch, length) = {shape}, got {tuple(timesteps.shape)}")
+        if not timesteps.is_floating_point():
+            raise ValueError(f"timesteps must be a floating-point tensor, got {timesteps.dtype}")
+        if not torch.isfinite(timesteps).all() or (timesteps <= 0).any():
+            raise ValueError("timesteps must be finite and > 0 (intervals t_k - t_(k-1)); got values in "
+                             f"[{float(timesteps.min())}, {float(timesteps.max())}] or non-finite ones")
     return shape
+
+
+def check_labels(config, labels, *inputs):
+    """``labels`` of a classification head, before any work: the shape and dtype transformers' loss needs for the
+    config's ``problem_type`` (inferred as the loss infers it when None) and, for classes, ids in [0, num_labels)
+    or -100 (ignored). The batch is that of the first given tensor of ``inputs``."""
+    if labels is None:
+        return
+    batch = next((x.shape[0] for x in inputs if x is not None), labels.shape[0])
+    n, integer = config.num_labels, labels.dtype in (torch.int64, torch.int32)
+    problem = config.problem_type or ("regression" if n == 1 else
+                                      "single_label_classification" if integer else "multi_label_classification")
+    shapes = [(batch, n)] if problem == "multi_label_classification" or (problem == "regression" and n > 1) \
+        else [(batch,), (batch, 1)]
+    if tuple(labels.shape) not in shapes:
+        raise ValueError(f"labels must have shape {' or '.join(map(str, shapes))} for {problem} with "
+                         f"num_labels={n}, got {tuple(labels.shape)}")
+    if problem == "single_label_classification":
+        check_class_ids("labels", labels, n)
+    elif not labels.is_floating_point():
+        raise ValueError(f"labels must be a floating-point tensor for {problem}, got {labels.dtype}")
 
 
 def config_embed_size(config) -> int:
@@ -57,17 +65,17 @@ def pool_sequence(hidden_states: torch.Tensor, attention_mask: torch.Tensor | No
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
 
 
-def encode_inputs(model, input_ids, inputs_embeds, input_values, attention_mask):
+def encode_inputs(model, input_ids, inputs_embeds, input_values, attention_mask, timesteps=None):
     """Checked encoder output (batch, length, hidden) of a token or real-valued sequence model.
 
     ``model`` has ``config`` and ``encoder`` (an Embedding for tokens, a Linear for real values);
-    ``input_values`` is an alias of ``inputs_embeds``.
+    ``input_values`` is an alias of ``inputs_embeds``; ``timesteps`` (S5) are only checked here.
     """
     if input_values is not None:
         if inputs_embeds is not None:
             raise ValueError("pass inputs_embeds or input_values, not both")
         inputs_embeds = input_values
-    check_sequence_inputs(model.config, input_ids, inputs_embeds, attention_mask, model.encoder.weight.dtype,
+    check_sequence_inputs(model.config, input_ids, inputs_embeds, attention_mask, timesteps, model.encoder.weight.dtype,
                           config_embed_size(model.config))
     if input_ids is not None:
         return model.encoder(input_ids)

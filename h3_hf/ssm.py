@@ -36,6 +36,15 @@ def complex_dtype(real_dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if real_dtype == torch.float64 else torch.complex64
 
 
+def pairs_to_complex(x: torch.Tensor) -> torch.Tensor:
+    """(..., 2) real (real, imag) pairs -> complex (...), in freshly allocated memory.
+
+    Not ``torch.view_as_complex``: a parameter that ``from_pretrained`` maps straight from a safetensors file is
+    only 8-byte aligned, and a complex128 view of it (float64 models) crashes BLAS kernels (segmentation fault).
+    """
+    return torch.complex(x[..., 0], x[..., 1])
+
+
 def no_autocast(device_type: str):
     """Context manager that switches autocast off so SSM math keeps its float32 inputs."""
     return torch.autocast(device_type=device_type, enabled=False)
@@ -408,8 +417,8 @@ class DiagonalSSMKernel(nn.Module):
         dtype = compute_dtype(self.log_dt)
         dt = torch.exp(self.log_dt.to(dtype)).unsqueeze(-1)
         a = torch.complex(-torch.exp(self.inv_A_real.to(dtype)), self.A_imag.to(dtype))
-        b = torch.view_as_complex(self.B.to(dtype).contiguous())
-        c = torch.view_as_complex(self.C.to(dtype).contiguous())
+        b = pairs_to_complex(self.B.to(dtype))
+        c = pairs_to_complex(self.C.to(dtype))
         return dt, a, b, c
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -647,7 +656,7 @@ class S5SSM(nn.Module):
         if timesteps is not None:
             step = step * timesteps.to(dtype).unsqueeze(-1)
         log_da, b_scale = discretize_diagonal(lam, step, self.discretization)
-        return torch.exp(log_da), b_scale, torch.view_as_complex(self.B.to(dtype).contiguous())
+        return torch.exp(log_da), b_scale, pairs_to_complex(self.B.to(dtype))
 
     def _readout(self, c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         y = torch.einsum("hp,...p->...h", c, x).real
@@ -662,7 +671,7 @@ class S5SSM(nn.Module):
         with no_autocast(u.device.type):
             dtype = compute_dtype(self.log_step)
             u = u.to(dtype)
-            c = torch.view_as_complex(self.C.to(dtype).contiguous())
+            c = pairs_to_complex(self.C.to(dtype))
             half = self.Lambda_re.shape[0]
             da, b_scale, b = self.discrete(timesteps)
             bu = torch.einsum("ph,blh->blp", b, u.to(b.dtype))
@@ -697,5 +706,5 @@ class S5SSM(nn.Module):
             if timestep is not None:
                 da, b_scale = da[:, 0], b_scale[:, 0]
             state = da * state + b_scale * (u.to(b.dtype) @ b.T)
-            c = torch.view_as_complex(self.C.to(dtype).contiguous())
+            c = pairs_to_complex(self.C.to(dtype))
             return self._readout(c, state) + self.D.to(dtype) * u, state

@@ -1,5 +1,7 @@
 """Helpers shared by the bench_*.py scripts."""
 
+import json
+import os
 import platform
 
 import torch
@@ -19,3 +21,15 @@ def finish_figure(fig, axes, path: str, title: str):
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def trained_synthetic_run(model_dir: str):
+    """(results.json, DatasetDict) of a ``scripts/train_synthetic.py`` run: its task's splits regenerated exactly."""
+    from h3_hf.data.synthetics import load_synthetic
+
+    with open(os.path.join(model_dir, "results.json")) as f:
+        results = json.load(f)
+    params, args = results["task_params"], results["args"]
+    sizes = {k: args[k] for k in ("num_train", "num_validation", "num_test")}
+    task = {k: params[k] for k in ("vocab_size", "seq_len", "num_kv_pairs", "power_a") if k in params}
+    return results, load_synthetic(results["task"], seed=params["seed"], **sizes, **task)

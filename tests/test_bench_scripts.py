@@ -48,3 +48,27 @@ def test_bench_training_times_and_measures_h3_and_gpt2(tmp_path):
     assert re.fullmatch(r"L ~ \d+|H3 is faster at every measured length \(from L = 64\)|none up to L = 64",
                         report["crossover"])
     assert (tmp_path / "train.png").stat().st_size > 0
+
+
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "h3-associative-recall")
+
+
+def test_check_precision_reports_every_precision_and_the_trained_models_generation(tmp_path):
+    out = tmp_path / "precision.json"
+    run_script("check_precision.py", "--length", "128", "--width", "16", "--model_dir", FIXTURE, "--json", str(out))
+    report = json.loads(out.read_text())
+    assert {(r["model"], r["precision"], r["mode"]) for r in report["rows"]} == {
+        (m, p, mode) for m in ("H3", "S4D", "S5") for p in ("bf16", "fp16") for mode in ("autocast", "weights")}
+    assert all(r["finite"] and r["logits_error"] < 0.05 for r in report["rows"])
+    generated = report["generation"]["results"]
+    assert generated["float32"]["tokens_equal_to_float32"] == 1.0 and generated["float32"]["answer_accuracy"] > 0.9
+
+
+def test_check_long_context_reports_a_constant_cache(tmp_path):
+    out = tmp_path / "long.json"
+    run_script("check_long_context.py", "--model_dir", FIXTURE, "--contexts", "256", "1024", "--prompts", "4",
+               "--batch", "2", "--decode_tokens", "3", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["context"] for r in rows] == [20, 256, 1024]
+    assert all(r["finite"] for r in rows)
+    assert rows[1]["cache_bytes_after_prefill"] == rows[2]["cache_bytes_after_decode"] > 0

@@ -192,3 +192,17 @@ def test_streamer_and_text_generation_pipeline(capsys):
         alone = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=6, do_sample=False)
         expected = tok.decode(alone[0, len(tok(prompt)["input_ids"]):], skip_special_tokens=True)
         assert res[0]["generated_text"] == expected
+
+
+@pytest.mark.parametrize("name", ["pure", "hybrid"])
+def test_continuing_with_only_the_new_tokens_and_the_full_mask(name):
+    """generate(new tokens, attention_mask over past + new, cache) = one long generation (the input checks of
+    generate() count the cached tokens)."""
+    model, _ = make_model(**CONFIGS[name])
+    ids = torch.randint(0, 29, (1, 6))
+    long = model.generate(input_ids=ids, max_new_tokens=14, do_sample=False)
+    first = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    cache, seen = first.past_key_values, first.past_key_values.get_seq_length()
+    second = model.generate(input_ids=first.sequences[:, seen:], attention_mask=torch.ones_like(first.sequences),
+                            past_key_values=cache, max_new_tokens=8, do_sample=False)
+    assert torch.equal(second[:, -8:], long[:, -8:])

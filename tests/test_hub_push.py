@@ -137,7 +137,7 @@ def test_model_push_uploads_a_self_contained_checkpoint(kind, hub, tmp_path):
 
     assert hub.repos == [(f"someone/{kind}-tiny", None)]
     (commit,) = hub.commits
-    code = {f"modeling_{kind}.py", f"configuration_{kind}.py", "ssm.py", "hub_utils.py"}
+    code = {f"modeling_{kind}.py", f"configuration_{kind}.py", "ssm.py", "hub_utils.py", "validation.py"}
     code |= {"sequence_utils.py"} if kind != "h3" else set()
     expected = {"README.md", "config.json", "model.safetensors", *code}
     expected |= {"generation_config.json"} if kind == "h3" else set()

@@ -1,0 +1,76 @@
+"""Checks on a trained H3 (tests/fixtures/h3-associative-recall): half-precision generation gives float32's greedy
+tokens, and the model evaluates and decodes after 64k tokens of context with a cache of constant size."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from h3_hf import H3ForCausalLM
+from h3_hf.data.synthetics import load_synthetic
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "h3-associative-recall")
+
+
+@pytest.fixture(scope="module")
+def test_examples() -> torch.Tensor:
+    """The run's test split, regenerated: (500, seq_len + 1) prompts followed by their answers."""
+    with open(os.path.join(FIXTURE, "results.json")) as f:
+        results = json.load(f)
+    params, args = results["task_params"], results["args"]
+    data = load_synthetic("associative_recall", seed=params["seed"], vocab_size=params["vocab_size"],
+                          seq_len=params["seq_len"], num_train=args["num_train"],
+                          num_validation=args["num_validation"], num_test=args["num_test"])
+    return torch.tensor(data["test"]["input_ids"])
+
+
+def greedy(model, prompts: torch.Tensor, autocast: torch.dtype | None = None) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=6,
+                             do_sample=False, eos_token_id=None)
+    return out[:, prompts.shape[1]:]
+
+
+def test_bf16_and_fp16_greedy_generation_match_float32(test_examples):
+    prompts, answers = test_examples[:, :-1], test_examples[:, -1]
+    reference = greedy(H3ForCausalLM.from_pretrained(FIXTURE), prompts)
+    assert (reference[:, 0] == answers).float().mean() >= 0.97  # the fixture really is trained
+    for dtype in (torch.bfloat16, torch.float16):
+        weights = greedy(H3ForCausalLM.from_pretrained(FIXTURE, dtype=dtype), prompts)
+        autocast = greedy(H3ForCausalLM.from_pretrained(FIXTURE), prompts, autocast=dtype)
+        assert torch.equal(weights, reference), f"{dtype} weights"
+        assert torch.equal(autocast, reference), f"{dtype} autocast"
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of every tensor the cache's layers hold (directly or in a dict or list)."""
+    total = 0
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+            total += sum(t.nbytes for t in items if isinstance(t, torch.Tensor))
+    return total
+
+
+@torch.no_grad()
+def test_evaluates_and_decodes_after_64k_tokens_with_a_constant_cache(test_examples):
+    """65,536 tokens of complete examples as the distant past, then a prompt: the logits stay finite, the cache
+    keeps its size through 32 decode steps, and the prefilled cache decodes like the model run on the whole
+    sequence (recurrence = convolution at 64k positions)."""
+    torch.manual_seed(0)
+    model = H3ForCausalLM.from_pretrained(FIXTURE).eval()
+    past = test_examples[torch.randint(1, len(test_examples), (65536 // test_examples.shape[1] + 1,))].flatten()
+    ids = torch.cat([past[-(65536 - 20):], test_examples[0, :-1]])[None]
+    out = model(input_ids=ids, use_cache=True)
+    assert torch.isfinite(out.logits).all()
+    cache, size = out.past_key_values, cache_bytes(out.past_key_values)
+    assert 0 < size < 2**20
+    tokens = [out.logits[:, -1:].argmax(-1)]
+    for _ in range(32):
+        step = model(input_ids=tokens[-1], past_key_values=cache, use_cache=True)
+        assert torch.isfinite(step.logits).all() and cache_bytes(step.past_key_values) == size
+        cache = step.past_key_values
+        tokens.append(step.logits[:, -1:].argmax(-1))
+    full = model(input_ids=torch.cat([ids, *tokens[:-1]], dim=1)).logits[:, -1]
+    torch.testing.assert_close(step.logits[:, -1], full, rtol=1e-4, atol=1e-4)
