@@ -29,6 +29,7 @@ from .configuration_h3 import H3Config
 from .hub_utils import CodeInCheckpointMixin
 from .ssm import (
     DiagonalSSMKernel,
+    Float32LayerNorm,
     ShiftSSMKernel,
     compute_dtype,
     diagonal_kernel,
@@ -363,9 +364,9 @@ class H3Block(GradientCheckpointingLayer):
     def __init__(self, config: H3Config, layer_idx: int):
         super().__init__()
         self.is_attention = layer_idx in config.attn_layer_idx
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.norm1 = Float32LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.mixer = H3Attention(config, layer_idx) if self.is_attention else H3Mixer(config, layer_idx)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.norm2 = Float32LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.mlp = H3MLP(config)
         self.dropout = nn.Dropout(config.resid_dropout)
 
@@ -445,7 +446,7 @@ class H3Model(H3PreTrainedModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.drop = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList([H3Block(config, i) for i in range(config.num_hidden_layers)])
-        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.ln_f = Float32LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.gradient_checkpointing = False
         self.post_init()
 

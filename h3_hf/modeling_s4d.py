@@ -22,6 +22,7 @@ from .hub_utils import CodeInCheckpointMixin
 from .sequence_utils import build_encoder, check_labels, classification_output, encode_inputs, run_blocks
 from .ssm import (
     DiagonalSSMKernel,
+    Float32LayerNorm,
     diagonal_state,
     diagonal_step,
     fft_bidirectional_conv,
@@ -115,7 +116,7 @@ class S4DBlock(GradientCheckpointingLayer):
     def __init__(self, config: S4DConfig):
         super().__init__()
         self.prenorm = config.prenorm
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = Float32LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layer = S4DLayer(config)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -167,7 +168,8 @@ class S4DModel(S4DPreTrainedModel):
         super().__init__(config)
         self.encoder = build_encoder(config)
         self.layers = nn.ModuleList([S4DBlock(config) for _ in range(config.num_hidden_layers)])
-        self.norm_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.prenorm else nn.Identity()
+        self.norm_f = (Float32LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.prenorm
+                       else nn.Identity())
         self.gradient_checkpointing = False
         self.post_init()
 

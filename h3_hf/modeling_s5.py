@@ -18,7 +18,7 @@ from transformers.utils import can_return_tuple
 from .configuration_s5 import S5Config
 from .hub_utils import CodeInCheckpointMixin
 from .sequence_utils import build_encoder, check_labels, classification_output, encode_inputs, run_blocks
-from .ssm import S5SSM
+from .ssm import S5SSM, Float32LayerNorm
 
 
 class S5Layer(nn.Module):
@@ -74,7 +74,7 @@ class S5Block(GradientCheckpointingLayer):
     def __init__(self, config: S5Config):
         super().__init__()
         self.prenorm = config.prenorm
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = Float32LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layer = S5Layer(config)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -125,7 +125,8 @@ class S5Model(S5PreTrainedModel):
         super().__init__(config)
         self.encoder = build_encoder(config)
         self.layers = nn.ModuleList([S5Block(config) for _ in range(config.num_hidden_layers)])
-        self.norm_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.prenorm else nn.Identity()
+        self.norm_f = (Float32LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.prenorm
+                       else nn.Identity())
         self.gradient_checkpointing = False
         self.post_init()
 

@@ -1,9 +1,10 @@
 """An H3 trained on short sequences, evaluated and generating with 16k-64k tokens of context.
 
-    python scripts/check_long_context.py --model_dir runs/ar --json benchmarks/long_context.json
+    python scripts/check_long_context.py --model_dir runs/ih256 --json benchmarks/long_context.json
 
 For each context length L, ``--prompts`` sequences of L tokens: earlier examples of the model's synthetic task
-(complete, with their answers) as the distant past, then one test prompt whose answer is scored. The prefill (one
+(complete, with their answers) as the distant past, then one test prompt whose answer is scored; and (tasks whose
+length is free: induction head, MQAR) the task itself generated at length L. The prefill (one
 forward over all L positions) is the evaluation: answer accuracy and whether every logit is finite. Then
 ``--decode_tokens`` greedy steps from the prefilled cache: the cache's size after the prefill and after decoding,
 the growth of the process's resident memory while decoding, and ms per step. Accuracy at the training length (no
@@ -11,6 +12,7 @@ distant past) is the reference row.
 """
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -20,11 +22,23 @@ from bench_common import machine, trained_synthetic_run
 from bench_generation import cache_tensors
 
 from h3_hf import H3ForCausalLM
+from h3_hf.data.synthetics import load_synthetic
 
 
 def resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def task_at_length(results: dict, count: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, context) prompts of the model's task itself generated at ``seq_len=context`` (a seed the run did not
+    use), and their answers."""
+    params = results["task_params"]
+    task = {k: params[k] for k in ("vocab_size", "num_kv_pairs", "power_a") if k in params}
+    data = load_synthetic(results["task"], seq_len=context, num_train=count, num_validation=1, num_test=1,
+                          seed=params["seed"] + 1000, **task)
+    examples = torch.tensor(data["train"]["input_ids"])
+    return examples[:, :-1], examples[:, -1]
 
 
 def long_prompts(examples: torch.Tensor, first: int, count: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,12 +57,12 @@ def long_prompts(examples: torch.Tensor, first: int, count: int, context: int) -
 
 
 @torch.no_grad()
-def measure(model, examples: torch.Tensor, prompts: int, batch: int, context: int, decode_tokens: int) -> dict:
-    """Accuracy over ``prompts`` prompts of ``context`` tokens (prefilled ``batch`` at a time), then decoding from
-    the last batch's cache."""
+def measure(model, build, prompts: int, batch: int, context: int, decode_tokens: int) -> dict:
+    """Accuracy over ``prompts`` prompts of ``context`` tokens from ``build(first, count, context)`` (prefilled
+    ``batch`` at a time), then decoding from the last batch's cache."""
     correct, finite, prefill_seconds = 0, True, 0.0
     for first in range(0, prompts, batch):
-        ids, answers = long_prompts(examples, first, min(batch, prompts - first), context)
+        ids, answers = build(first, min(batch, prompts - first), context)
         assert ids.shape[1] == context
         start = time.perf_counter()
         out = model(input_ids=ids, use_cache=True)
@@ -88,20 +102,30 @@ def main():
     results, data = trained_synthetic_run(args.model_dir)
     params, examples = results["task_params"], torch.tensor(data["test"]["input_ids"])
     model = H3ForCausalLM.from_pretrained(args.model_dir).eval()
-    rows = [measure(model, examples, args.prompts, args.batch, params["seq_len"], 0)]
-    rows += [measure(model, examples, args.prompts, args.batch, context, args.decode_tokens)
-             for context in args.contexts]
+    after_examples = functools.partial(long_prompts, examples)
+    rows = [dict(measure(model, after_examples, args.prompts, args.batch, params["seq_len"], 0), past="none")]
+    rows += [dict(measure(model, after_examples, args.prompts, args.batch, context, args.decode_tokens),
+                  past="other examples") for context in args.contexts]
+    if results["task"] != "associative_recall":  # its length is tied to its vocabulary (distinct keys)
+        generated = {context: task_at_length(results, args.prompts, context) for context in args.contexts}
+
+        def at_length(first, count, context):
+            ids, answers = generated[context]
+            return ids[first:first + count], answers[first:first + count]
+        rows += [dict(measure(model, at_length, args.prompts, args.batch, context, 0), past="the task at this length")
+                 for context in args.contexts]
     mib = 2 ** 20
     print(f"\n{results['task']} H3 trained at length {params['seq_len']}; {args.prompts} prompts per context, "
           f"{args.decode_tokens} decode steps at batch {args.batch}; {machine()}")
-    print("| context | answer accuracy | all logits finite | prefill s per prompt | decode ms per step | cache MiB "
-          "(prefill -> decode) | RSS growth while decoding MiB |\n|---|---|---|---|---|---|---|")
+    print("| context | before the prompt | answer accuracy | all logits finite | prefill s per prompt | decode ms "
+          "per step | cache MiB (prefill -> decode) | RSS growth while decoding MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         decode = ("—", "—", "—") if "cache_bytes_after_prefill" not in r else (
             f"{r['decode_ms_per_step']:.2f}",
             f"{r['cache_bytes_after_prefill'] / mib:.3f} -> {r['cache_bytes_after_decode'] / mib:.3f}",
             f"{r['rss_growth_while_decoding'] / mib:.1f}")
-        print(f"| {r['context']:,} | {r['accuracy']:.1%} | {'yes' if r['finite'] else 'NO'} | "
+        print(f"| {r['context']:,} | {r['past']} | {r['accuracy']:.1%} | {'yes' if r['finite'] else 'NO'} | "
               f"{r['prefill_seconds_per_prompt']:.3f} | {decode[0]} | {decode[1]} | {decode[2]} |")
     if args.json:
         with open(args.json, "w") as f:

@@ -76,6 +76,8 @@ class SyntheticArguments:
         "help": "learning rate of the SSM parameters (no weight decay); default: --learning_rate"})
     loss_on: str = field(default="answer", metadata={"help": f"one of {LOSS_ON}: training positions in the loss"})
     target_accuracy: float | None = field(default=None, metadata={"help": "stop once validation reaches it"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from the model saved in this folder (e.g. a run at a shorter --seq_len) instead of a fresh one"})
 
 
 def default_args(argv: list[str]) -> list[str]:
@@ -163,6 +165,8 @@ def main(argv=None):
         train = train.map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
     torch.manual_seed(training_args.seed)
     model = build_model(args, len(tokenizer), tokenizer.pad_token_id)
+    if args.init_from is not None:  # same architecture required: load_state_dict is strict
+        model.load_state_dict(H3ForCausalLM.from_pretrained(args.init_from).state_dict())
     optimizer = create_ssm_optimizer(model, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
                                      ssm_lr=args.ssm_lr,  # None: the main learning rate
                                      betas=(training_args.adam_beta1, training_args.adam_beta2),

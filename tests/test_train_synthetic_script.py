@@ -41,6 +41,18 @@ def test_each_model_option_runs_and_writes_results(tmp_path, model, mixers):
     assert (tmp_path / "training_curve.png").stat().st_size > 1000
 
 
+def test_init_from_starts_at_the_saved_weights_at_another_length(tmp_path):
+    """--init_from loads a run's weights (here trained at length 30) into the model trained at length 64: with a
+    zero learning rate the saved model is the one it started from."""
+    first, second = tmp_path / "short", tmp_path / "long"
+    train_synthetic.main(["--task", "induction_head", "--output_dir", str(first), *TINY])
+    train_synthetic.main(["--task", "induction_head", "--seq_len", "64", "--init_from", str(first),
+                          "--learning_rate", "0", "--output_dir", str(second), *TINY])
+    start, end = (AutoModelForCausalLM.from_pretrained(str(folder)).state_dict() for folder in (first, second))
+    assert json.loads((second / "results.json").read_text())["task_params"]["seq_len"] == 64
+    assert start.keys() == end.keys() and all(torch.equal(start[k], end[k]) for k in start)
+
+
 def test_trained_model_answers_through_generate_and_pipeline(tmp_path):
     """A short run learns associative recall beyond chance; generate() and the pipeline give the same answers."""
     results = train_synthetic.main(["--task", "associative_recall", "--model", "h3", "--output_dir", str(tmp_path),
