@@ -170,8 +170,9 @@ class H3Mixer(nn.Module):
                 if decoding:  # one matmul for q, k and v
                     q, k, v = F.linear(x, step["qkv_weight"], step["qkv_bias"]).transpose(1, 2).chunk(3, dim=1)
                 else:
-                    q, k, v = (F.linear(x, lin.weight.to(dtype), lin.bias.to(dtype)).transpose(1, 2)
-                               for lin in (self.q_proj, self.k_proj, self.v_proj))  # each (B, d, L)
+                    # W @ x^T: each (B, d, L) contiguous along L (what the FFTs and the gating read)
+                    q, k, v = (torch.baddbmm(lin.bias.to(dtype)[:, None], lin.weight.to(dtype).expand(len(x), -1, -1),
+                                             x.transpose(1, 2)) for lin in (self.q_proj, self.k_proj, self.v_proj))
                 k = mask_padding(k, ssm_mask)  # (B, d, L): padding never enters a state
                 k = self._shift_step(k, cache, step) if decoding else self._shift_convolve(k, cache)
                 kv = self._heads(k).unsqueeze(2) * self._heads(v).unsqueeze(1)  # (B, P, P, H, L)

@@ -176,8 +176,10 @@ def _block_size(length: int, chunk_size: int | None) -> int:
 
 
 def _powers(log_da: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
-    """dA^lag = exp(lag * log dA): (H, N) x (K,) -> (H, N, K)."""
-    return torch.exp(log_da.unsqueeze(-1) * lags.to(log_da.real.dtype))
+    """dA^lag = exp(lag * log dA): (H, N) x (K,) -> (H, N, K), as |.| = exp(lag Re) and angle lag Im (complex exp
+    is not vectorised on CPU: 3.5x slower)."""
+    lags = lags.to(log_da.real.dtype)
+    return torch.polar(torch.exp(log_da.real.unsqueeze(-1) * lags), log_da.imag.unsqueeze(-1) * lags)
 
 
 def vandermonde(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, offset: int = 0,
