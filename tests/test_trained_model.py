@@ -1,14 +1,17 @@
 """Checks on a trained H3 (tests/fixtures/h3-associative-recall): half-precision generation gives float32's greedy
 tokens, and the model evaluates and decodes after 64k tokens of context with a cache of constant size."""
 
-import json
 import os
+import sys
 
 import pytest
 import torch
 
 from h3_hf import H3ForCausalLM
-from h3_hf.data.synthetics import load_synthetic
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from bench_common import trained_synthetic_run  # noqa: E402
+from bench_generation import cache_tensors  # noqa: E402
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "h3-associative-recall")
 
@@ -16,12 +19,7 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "h3-associative-re
 @pytest.fixture(scope="module")
 def test_examples() -> torch.Tensor:
     """The run's test split, regenerated: (500, seq_len + 1) prompts followed by their answers."""
-    with open(os.path.join(FIXTURE, "results.json")) as f:
-        results = json.load(f)
-    params, args = results["task_params"], results["args"]
-    data = load_synthetic("associative_recall", seed=params["seed"], vocab_size=params["vocab_size"],
-                          seq_len=params["seq_len"], num_train=args["num_train"],
-                          num_validation=args["num_validation"], num_test=args["num_test"])
+    _, data = trained_synthetic_run(FIXTURE)
     return torch.tensor(data["test"]["input_ids"])
 
 
@@ -44,13 +42,7 @@ def test_bf16_and_fp16_greedy_generation_match_float32(test_examples):
 
 
 def cache_bytes(cache) -> int:
-    """Bytes of every tensor the cache's layers hold (directly or in a dict or list)."""
-    total = 0
-    for layer in cache.layers:
-        for value in vars(layer).values():
-            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
-            total += sum(t.nbytes for t in items if isinstance(t, torch.Tensor))
-    return total
+    return sum(t.nbytes for t in cache_tensors(cache))
 
 
 @torch.no_grad()
