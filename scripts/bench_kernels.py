@@ -3,11 +3,13 @@
     python scripts/bench_kernels.py                  # H=256 SSMs, N=32 modes, L = 1k..16k
     python scripts/bench_kernels.py --lengths 1024 4096 --json out.json
 
-1. SSM kernel K[h, l] = 2 Re sum_n C dB dA^l, forward + backward: the blocked Vandermonde product
-   (``h3_hf.ssm.vandermonde``) vs materialising the (H, N, L) power tensor with one exp per entry.
+1. SSM kernel K[h, l] = 2 Re sum_n C dB dA^l, forward + backward: the blocked real-part Vandermonde product
+   (``h3_hf.ssm.vandermonde_real``) vs materialising the (H, N, L) power tensor with one exp per entry.
 2. Shift-SSM convolution (N = 64 taps), forward: a real FFT of size fft_length(L + N - 1) (~L)
    (``fft_causal_conv``) vs a real FFT of size 2L.
-3. H3 decode step (d=256, 4 layers, batch 1): discretised parameters, shift kernel and fused q/k/v weights
+3. FFT convolution with an L-tap kernel (the diagonal SSM's), forward + backward: ``fft_causal_conv`` (gradients
+   as correlations of saved spectra) vs autograd through rfft/irfft.
+4. H3 decode step (d=256, 4 layers, batch 1): discretised parameters, shift kernel and fused q/k/v weights
    derived once per generation and kept in the cache vs recomputed every step (two generations advanced
    alternately).
 Printed as a table with speed-ups (baseline / fast); JSON with every timing.
@@ -23,7 +25,7 @@ import bench_common
 import torch
 
 from h3_hf import H3Config, H3ForCausalLM
-from h3_hf.ssm import DiagonalSSMKernel, compute_dtype, fft_causal_conv, vandermonde
+from h3_hf.ssm import DiagonalSSMKernel, compute_dtype, fft_causal_conv, fft_length, vandermonde_real
 
 
 def timed(fn, repeats: int) -> float:
@@ -39,20 +41,33 @@ def timed(fn, repeats: int) -> float:
 def materialised_vandermonde(coeff, log_da, length, **_):
     """The previous implementation: exp of the whole (H, N, L) lag tensor, then a contraction over N."""
     lags = torch.arange(length, dtype=compute_dtype(log_da.real))
-    return torch.einsum("hn,hnl->hl", coeff, torch.exp(log_da.unsqueeze(-1) * lags))
+    return torch.einsum("hn,hnl->hl", coeff, torch.exp(log_da.unsqueeze(-1) * lags)).real
 
 
 def kernel_step(kernel: DiagonalSSMKernel, length: int, product):
     def run():
         kernel.zero_grad(set_to_none=True)
         log_da, db, c = kernel.discrete()
-        (2 * product(c[0] * db, log_da, length).real).square().sum().backward()
+        (2 * product(c[0] * db, log_da, length)).square().sum().backward()
     return run
 
 
 def fft_2l(u, k):
     n = 2 * u.shape[-1]
     return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :u.shape[-1]]
+
+
+def autograd_fft_conv(u, k):
+    """The previous implementation: the same transforms, differentiated by autograd."""
+    n = fft_length(u.shape[-1] + k.shape[-1] - 1)
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :u.shape[-1]]
+
+
+def conv_step(conv, u, k, grad):
+    def run():
+        u.grad = k.grad = None
+        conv(u, k).backward(grad)
+    return run
 
 
 @torch.no_grad()
@@ -89,13 +104,20 @@ def main(argv=None):
     kernel = DiagonalSSMKernel(args.channels, args.state_size)
     for length in args.lengths:
         base = timed(kernel_step(kernel, length, materialised_vandermonde), args.repeats)
-        fast = timed(kernel_step(kernel, length, vandermonde), args.repeats)
+        fast = timed(kernel_step(kernel, length, vandermonde_real), args.repeats)
         rows.append(("SSM kernel fwd+bwd", length, base, fast))
     for length in args.lengths:
         u, k = torch.randn(1, args.channels, length), torch.randn(args.channels, 64)
         base = timed(functools.partial(fft_2l, u, k), args.repeats)
         fast = timed(functools.partial(fft_causal_conv, u, k), args.repeats)
         rows.append(("shift conv (64 taps)", length, base, fast))
+    for length in args.lengths:
+        u = torch.randn(1, args.channels, length, requires_grad=True)
+        k = torch.randn(args.channels, length, requires_grad=True)
+        grad = torch.randn(1, args.channels, length)
+        base = timed(conv_step(autograd_fft_conv, u, k, grad), args.repeats)
+        fast = timed(conv_step(fft_causal_conv, u, k, grad), args.repeats)
+        rows.append(("FFT conv fwd+bwd (L taps)", length, base, fast))
     model = H3ForCausalLM(H3Config(vocab_size=1024, hidden_size=256, num_hidden_layers=4,
                                    pad_vocab_size_multiple=1)).eval()
     base, fast = decode_step_times(model, 10)

@@ -72,3 +72,20 @@ def test_check_long_context_reports_a_constant_cache(tmp_path):
     assert [r["context"] for r in rows] == [20, 256, 1024]
     assert all(r["finite"] for r in rows)
     assert rows[1]["cache_bytes_after_prefill"] == rows[2]["cache_bytes_after_decode"] > 0
+
+
+def test_bench_kernels_times_every_fast_path_against_its_baseline(tmp_path):
+    out = tmp_path / "kernels.json"
+    run_script("bench_kernels.py", "--lengths", "64", "--channels", "8", "--repeats", "1", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["path"] for r in rows] == ["SSM kernel fwd+bwd", "shift conv (64 taps)", "FFT conv fwd+bwd (L taps)",
+                                         "H3 decode step"]
+    assert all(r["baseline_s"] > 0 and r["fast_s"] > 0 for r in rows)
+
+
+def test_profile_training_prints_the_ops_of_one_step():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "profile_training.py"), "--length", "64",
+                             "--hidden-size", "32", "--layers", "2", "--vocab", "50", "--steps", "1", "--rows", "5"],
+                            check=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| aten::")]
+    assert len(rows) >= 3 and "L=64" in result.stdout

@@ -32,6 +32,11 @@ def test_fft_convolutions_pass_gradcheck():
     assert torch.autograd.gradcheck(fft_causal_conv, (u, short_kernel, skip))
     backward_kernel = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fft_bidirectional_conv, (u, long_kernel, backward_kernel, skip))
+    # both operands broadcast (gradients summed back to each shape), kernel shorter and longer than the input
+    u_broadcast = torch.randn(2, 1, 3, 6, dtype=torch.float64, requires_grad=True)
+    for taps in (2, 6, 9):
+        kernels = torch.randn(4, 3, taps, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(fft_causal_conv, (u_broadcast, kernels))
 
 
 def test_ssm_kernels_pass_gradcheck_in_their_parameters():
