@@ -17,6 +17,7 @@ latency(smallest C) per model (O(1) decoding stays near 1), GPT-2 / H3 and Mamba
 
 import argparse
 import copy
+import inspect
 import json
 import statistics
 import time
@@ -74,6 +75,10 @@ def repeat_batch(cache, repeats: int):
 
 
 def cache_kwarg(model) -> str:
+    """Name of the cache argument and output field: ``cache`` from transformers 5.24 on (the old names are
+    deprecated aliases there), ``cache_params`` (Mamba) or ``past_key_values`` before."""
+    if "cache" in inspect.signature(model.forward).parameters:
+        return "cache"
     return "cache_params" if isinstance(model, MambaForCausalLM) else "past_key_values"
 
 
@@ -81,8 +86,8 @@ def cache_kwarg(model) -> str:
 def prefill(model, context: int, vocab: int, static_length: int | None = None):
     """Batch-1 prefill of ``context`` random tokens; a StaticCache of ``static_length`` slots if given."""
     ids = torch.randint(0, vocab, (1, context))
-    cache = {} if static_length is None else {"past_key_values": StaticCache(config=model.config,
-                                                                             max_cache_len=static_length)}
+    cache = {} if static_length is None else {cache_kwarg(model): StaticCache(config=model.config,
+                                                                          max_cache_len=static_length)}
     out = model(input_ids=ids, use_cache=True, **cache)
     return getattr(out, cache_kwarg(model)), out.logits[:, -1:].argmax(-1)
 
