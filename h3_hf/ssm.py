@@ -210,7 +210,8 @@ def vandermonde_real(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, 
     inner = torch.stack([magnitude * torch.cos(angle), -magnitude * torch.sin(angle)], dim=-2)  # (H, N, 2, C)
     outer = _powers(log_da, offset + block * arange(blocks))  # (H, N, J)
     left = torch.view_as_real(coeff.unsqueeze(-1) * outer).transpose(-3, -2)  # (..., H, J, N, 2)
-    product = left.flatten(-2) @ inner.flatten(-3, -2)  # (..., H, J, 2N) @ (H, 2N, C)
+    with no_autocast(log_da.device.type):  # a real matmul: autocast would run it in half precision
+        product = left.flatten(-2) @ inner.flatten(-3, -2)  # (..., H, J, 2N) @ (H, 2N, C)
     return product.flatten(-2)[..., :length]
 
 
@@ -233,11 +234,12 @@ def vandermonde_transpose(u: torch.Tensor, log_da: torch.Tensor, *, chunk_size: 
     rev = F.pad(u.flip(-1), (0, blocks * block - length))
     rev = rev.reshape(*u.shape[:-1], blocks, block)  # (..., H, J, C), rev[.., j, i] = u[L - 1 - jC - i]
     inner = _powers(log_da, arange(block)).transpose(-1, -2)  # (H, C, N)
-    if rev.is_complex():
-        partial = rev.to(inner.dtype) @ inner
-    else:
-        rev = rev.to(inner.real.dtype)
-        partial = torch.complex(rev @ inner.real, rev @ inner.imag)  # (..., H, J, N)
+    with no_autocast(log_da.device.type):  # autocast would run the real matmuls in half precision
+        if rev.is_complex():
+            partial = rev.to(inner.dtype) @ inner
+        else:
+            rev = rev.to(inner.real.dtype)
+            partial = torch.complex(rev @ inner.real, rev @ inner.imag)  # (..., H, J, N)
     outer = _powers(log_da, block * arange(blocks)).transpose(-1, -2)  # (H, J, N)
     return (partial * outer).sum(-2)
 
@@ -357,27 +359,30 @@ class _CircularConvolution(torch.autograd.Function):
     here both gradients are circular correlations, computed from the saved spectra with one rfft of the
     output gradient and one irfft per input (forward + backward about 2x faster at L = 8k):
     grad_u = irfft(G conj(K))[:L], grad_kernel = irfft(G conj(U))[:Lk], summed over broadcast dims.
+    With ``create_graph=True`` (gradients of gradients: Hessian-vector products, gradient penalties) the
+    spectra are recomputed from the saved inputs with differentiable FFTs, so higher derivatives reach them.
     """
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, kernel: torch.Tensor, n: int) -> torch.Tensor:
         uf = torch.fft.rfft(u, n=n)
         kf = torch.fft.rfft(kernel, n=n)
-        ctx.save_for_backward(uf, kf)
-        ctx.sizes = (u.shape[-1], kernel.shape[-1], n)
+        ctx.save_for_backward(u, kernel, uf, kf)
+        ctx.n = n
         return torch.fft.irfft(uf * kf, n=n)[..., :u.shape[-1]]
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        uf, kf = ctx.saved_tensors
-        length, taps, n = ctx.sizes
+        u, kernel, uf, kf = ctx.saved_tensors
+        n = ctx.n
+        if torch.is_grad_enabled():  # create_graph=True: the saved spectra are not connected to u and kernel
+            uf, kf = torch.fft.rfft(u, n=n), torch.fft.rfft(kernel, n=n)
         gf = torch.fft.rfft(grad, n=n)
         grad_u = grad_kernel = None
         if ctx.needs_input_grad[0]:
-            grad_u = torch.fft.irfft(_sum_to_shape(gf * kf.conj(), uf.shape), n=n)[..., :length]
+            grad_u = torch.fft.irfft(_sum_to_shape(gf * kf.conj(), uf.shape), n=n)[..., :u.shape[-1]]
         if ctx.needs_input_grad[1]:
-            grad_kernel = torch.fft.irfft(_sum_to_shape(gf * uf.conj(), kf.shape), n=n)[..., :taps]
+            grad_kernel = torch.fft.irfft(_sum_to_shape(gf * uf.conj(), kf.shape), n=n)[..., :kernel.shape[-1]]
         return grad_u, grad_kernel, None
 
 

@@ -25,6 +25,7 @@ import bench_common
 import torch
 
 from h3_hf import H3Config, H3ForCausalLM
+from h3_hf.modeling_h3 import CACHE_FIELD
 from h3_hf.ssm import DiagonalSSMKernel, compute_dtype, fft_causal_conv, fft_length, vandermonde_real
 
 
@@ -77,7 +78,7 @@ def decode_step_times(model, steps: int, rounds: int = 5) -> tuple[float, float]
     runs = {}
     for memo in (False, True):
         out = model(input_ids=torch.randint(0, 1024, (1, 128)), use_cache=True)
-        runs[memo] = [out.past_key_values, out.logits[:, -1:].argmax(-1), []]
+        runs[memo] = [getattr(out, CACHE_FIELD), out.logits[:, -1:].argmax(-1), []]
     for _ in range(rounds):
         for memo, run in runs.items():
             for _ in range(steps):

@@ -23,6 +23,7 @@ from bench_generation import cache_tensors
 
 from h3_hf import H3ForCausalLM
 from h3_hf.data.synthetics import load_synthetic
+from h3_hf.modeling_h3 import CACHE_FIELD
 
 
 def resident_bytes() -> int:
@@ -72,13 +73,13 @@ def measure(model, build, prompts: int, batch: int, context: int, decode_tokens:
     row = {"context": context, "prompts": prompts, "prefill_seconds_per_prompt": prefill_seconds / prompts,
            "accuracy": correct / prompts}
     if decode_tokens:
-        token, cache = out.logits[:, -1:].argmax(-1), out.past_key_values
+        token, cache = out.logits[:, -1:].argmax(-1), getattr(out, CACHE_FIELD)
         del out
         cache_before, rss_before = sum(t.nbytes for t in cache_tensors(cache)), resident_bytes()
         start = time.perf_counter()
         for _ in range(decode_tokens):
             step = model(input_ids=token, past_key_values=cache, use_cache=True)
-            token, cache = step.logits[:, -1:].argmax(-1), step.past_key_values
+            token, cache = step.logits[:, -1:].argmax(-1), getattr(step, CACHE_FIELD)
             finite &= bool(torch.isfinite(step.logits).all())
         row.update(decode_batch=token.shape[0], decode_ms_per_step=1e3 * (time.perf_counter() - start) / decode_tokens,
                    cache_bytes_after_prefill=cache_before,

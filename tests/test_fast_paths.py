@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from h3_hf import H3Config, H3ForCausalLM
+from h3_hf.modeling_h3 import CACHE_FIELD
 from h3_hf.ssm import fft_causal_conv, fft_length, vandermonde_real, vandermonde_transpose
 
 
@@ -107,7 +108,7 @@ def fresh_copy(model: H3ForCausalLM) -> H3ForCausalLM:
 def decode_logits(model, ids, new_tokens):
     """Logits of each forced next token through the cache (batch, new, vocab)."""
     out = model(input_ids=ids[:, :-new_tokens], use_cache=True)
-    cache, logits = out.past_key_values, []
+    cache, logits = getattr(out, CACHE_FIELD), []
     for t in range(ids.shape[1] - new_tokens, ids.shape[1]):
         out = model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
         logits.append(out.logits[:, -1])
@@ -157,7 +158,7 @@ def test_step_parameters_stored_in_the_cache_follow_weight_changes_between_steps
     model = tiny_model()
     ids = torch.randint(0, 40, (2, 12))
     with torch.no_grad():
-        cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        cache = getattr(model(input_ids=ids[:, :-1], use_cache=True), CACHE_FIELD)
         model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)
         mixer = model.backbone.layers[0].mixer
         dtype = mixer.output_linear.weight.dtype
@@ -189,7 +190,7 @@ def test_decode_with_autograd_on_builds_a_graph_to_the_ssm_weights():
     model = tiny_model()
     ids = torch.randint(0, 40, (1, 6))
     with torch.no_grad():
-        cache = model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        cache = getattr(model(input_ids=ids[:, :-1], use_cache=True), CACHE_FIELD)
         model(input_ids=ids[:, -2:-1], past_key_values=cache, use_cache=True)  # fills the cache's store
     mixer = model.backbone.layers[0].mixer
     step = mixer._decode_parameters(cache, torch.float32)
@@ -226,9 +227,9 @@ def test_torch_compile_decode_steps_match_eager_greedy_generation():
     with torch.no_grad():
         expected = model.generate(ids, max_new_tokens=6, do_sample=False)[:, ids.shape[1]:]
         out = model(input_ids=ids, use_cache=True)
-        cache, token, tokens = out.past_key_values, out.logits[:, -1:].argmax(-1), []
+        cache, token, tokens = getattr(out, CACHE_FIELD), out.logits[:, -1:].argmax(-1), []
         for _ in range(6):
             tokens.append(token)
             out = step(input_ids=token, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            cache, token = getattr(out, CACHE_FIELD), out.logits[:, -1:].argmax(-1)
     assert torch.equal(torch.cat(tokens, dim=1), expected)

@@ -6,6 +6,7 @@ from transformers import TextStreamer, pipeline
 
 from h3_hf import H3Cache, H3Config, H3ForCausalLM
 from h3_hf.data.tokenization import build_word_level_tokenizer
+from h3_hf.modeling_h3 import CACHE_FIELD
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz .,")
 
@@ -147,7 +148,7 @@ def test_continuing_from_returned_cache_equals_one_long_generation(name):
     first = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
     # explicit mask: a random model may emit the pad id, which generate() would otherwise read as padding
     second = model.generate(input_ids=first.sequences, attention_mask=torch.ones_like(first.sequences),
-                            past_key_values=first.past_key_values, max_new_tokens=8, do_sample=False)
+                            **{CACHE_FIELD: getattr(first, CACHE_FIELD)}, max_new_tokens=8, do_sample=False)
     assert torch.equal(second, long)
 
 
@@ -202,7 +203,7 @@ def test_continuing_with_only_the_new_tokens_and_the_full_mask(name):
     ids = torch.randint(0, 29, (1, 6))
     long = model.generate(input_ids=ids, max_new_tokens=14, do_sample=False)
     first = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
-    cache, seen = first.past_key_values, first.past_key_values.get_seq_length()
+    cache, seen = getattr(first, CACHE_FIELD), getattr(first, CACHE_FIELD).get_seq_length()
     second = model.generate(input_ids=first.sequences[:, seen:], attention_mask=torch.ones_like(first.sequences),
-                            past_key_values=cache, max_new_tokens=8, do_sample=False)
+                            **{CACHE_FIELD: cache}, max_new_tokens=8, do_sample=False)
     assert torch.equal(second[:, -8:], long[:, -8:])

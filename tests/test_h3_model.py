@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from h3_hf import H3Config, H3ForCausalLM
+from h3_hf.modeling_h3 import CACHE_FIELD
 
 
 def tiny_config(**kw):
@@ -165,7 +166,7 @@ def test_prefill_then_steps_and_chunks_equal_full_pass_float32(head_dim, mixer, 
     ids = torch.randint(0, 40, (3, 20))
     full = model(ids, use_cache=False).logits
     out = model(ids[:, :9], use_cache=True)
-    cache, pieces = out.past_key_values, [out.logits]
+    cache, pieces = getattr(out, CACHE_FIELD), [out.logits]
     for t in range(9, 20):  # one token at a time: recurrent mode
         out = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
         pieces.append(out.logits)
@@ -175,17 +176,17 @@ def test_prefill_then_steps_and_chunks_equal_full_pass_float32(head_dim, mixer, 
     cache, pieces = None, []
     for start, stop in ((0, 3), (3, 4), (4, 13), (13, 20)):
         out = model(ids[:, start:stop], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = getattr(out, CACHE_FIELD)
         pieces.append(out.logits)
     torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=0, atol=1e-5)
 
 
 def test_state_is_constant_size_for_ssm_layers():
     model = H3ForCausalLM(tiny_config(attn_layer_idx=[1])).eval()
-    cache = model(torch.randint(0, 40, (2, 30)), use_cache=True).past_key_values
+    cache = getattr(model(torch.randint(0, 40, (2, 30)), use_cache=True), CACHE_FIELD)
     shapes_before = [tuple(cache.layers[i].conv_states[0].shape) for i in (0, 2)]
     for _ in range(5):
-        cache = model(torch.randint(0, 40, (2, 1)), past_key_values=cache, use_cache=True).past_key_values
+        cache = getattr(model(torch.randint(0, 40, (2, 1)), past_key_values=cache, use_cache=True), CACHE_FIELD)
     assert [tuple(cache.layers[i].conv_states[0].shape) for i in (0, 2)] == shapes_before == [(2, 16, 8)] * 2
     assert tuple(cache.layers[0].recurrent_states[0].shape) == (2, 1, 1, 16, 4)
     assert cache.layers[1].keys.shape[-2] == 35  # the attention layer's KV cache grows

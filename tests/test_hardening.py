@@ -13,6 +13,7 @@ from h3_hf.ssm import (
     DiagonalSSMKernel,
     ShiftSSMKernel,
     associative_scan,
+    diagonal_kernel,
     diagonal_state,
     fft_bidirectional_conv,
     fft_causal_conv,
@@ -37,6 +38,33 @@ def test_fft_convolutions_pass_gradcheck():
     for taps in (2, 6, 9):
         kernels = torch.randn(4, 3, taps, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(fft_causal_conv, (u_broadcast, kernels))
+
+
+def test_fft_convolutions_have_second_derivatives():
+    """Hessian-vector products and gradient penalties differentiate the convolution's backward pass."""
+    torch.manual_seed(0)
+    u = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    skip = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(fft_causal_conv, (u, kernel, skip))
+    assert torch.autograd.gradgradcheck(fft_causal_conv, (u, kernel[:, :2]))
+    backward_kernel = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(fft_bidirectional_conv, (u, kernel, backward_kernel, skip))
+
+
+def test_ssm_kernel_products_stay_float32_under_autocast():
+    """The blocked kernel and state products are real matmuls, which CPU autocast would run in bfloat16."""
+    torch.manual_seed(0)
+    log_da, db, c = DiagonalSSMKernel(4, 16).discrete()
+    u = torch.randn(2, 4, 100)
+    expected_kernel = diagonal_kernel(c[0], db, log_da, 100)
+    expected_state = diagonal_state(u, log_da, db)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kernel = diagonal_kernel(c[0], db, log_da, 100)
+        state = diagonal_state(u, log_da, db)
+    assert kernel.dtype == torch.float32 and state.dtype == torch.complex64
+    torch.testing.assert_close(kernel, expected_kernel, rtol=0, atol=0)
+    torch.testing.assert_close(state, expected_state, rtol=0, atol=0)
 
 
 def test_ssm_kernels_pass_gradcheck_in_their_parameters():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from h3_hf import H3ForCausalLM
+from h3_hf.modeling_h3 import CACHE_FIELD
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from bench_common import trained_synthetic_run  # noqa: E402
@@ -56,13 +57,13 @@ def test_evaluates_and_decodes_after_64k_tokens_with_a_constant_cache(test_examp
     ids = torch.cat([past[-(65536 - 20):], test_examples[0, :-1]])[None]
     out = model(input_ids=ids, use_cache=True)
     assert torch.isfinite(out.logits).all()
-    cache, size = out.past_key_values, cache_bytes(out.past_key_values)
+    cache, size = getattr(out, CACHE_FIELD), cache_bytes(getattr(out, CACHE_FIELD))
     assert 0 < size < 2**20
     tokens = [out.logits[:, -1:].argmax(-1)]
     for _ in range(32):
         step = model(input_ids=tokens[-1], past_key_values=cache, use_cache=True)
-        assert torch.isfinite(step.logits).all() and cache_bytes(step.past_key_values) == size
-        cache = step.past_key_values
+        assert torch.isfinite(step.logits).all() and cache_bytes(getattr(step, CACHE_FIELD)) == size
+        cache = getattr(step, CACHE_FIELD)
         tokens.append(step.logits[:, -1:].argmax(-1))
     full = model(input_ids=torch.cat([ids, *tokens[:-1]], dim=1)).logits[:, -1]
     torch.testing.assert_close(step.logits[:, -1], full, rtol=1e-4, atol=1e-4)

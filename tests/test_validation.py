@@ -18,6 +18,7 @@ from h3_hf import (
     S5ForSequenceClassification,
     S5Model,
 )
+from h3_hf.modeling_h3 import CACHE_FIELD
 
 NAN, INF = float("nan"), float("inf")
 H3_BASE = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, state_size=8, num_attention_heads=2,
@@ -275,7 +276,7 @@ def test_valid_inputs_still_run(models):
     lm = models["h3"]
     out = lm(input_ids=ids([1, 2, 3], dtype=torch.int32), labels=ids([1, -100, 3]), use_cache=True)
     assert torch.isfinite(out.loss)
-    lm(input_ids=ids([4]), attention_mask=torch.ones(1, 4, dtype=torch.long), past_key_values=out.past_key_values)
+    lm(input_ids=ids([4]), attention_mask=torch.ones(1, 4, dtype=torch.long), past_key_values=getattr(out, CACHE_FIELD))
     assert lm.generate(ids([1, 2]), attention_mask=ids([1, 1]), max_new_tokens=2, do_sample=False).shape == (1, 4)
     out = models["s5_real"](inputs_embeds=x2, timesteps=ts * 0.5, labels=ids(0, -100))
     assert torch.isfinite(out.loss)
