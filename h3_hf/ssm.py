@@ -204,10 +204,8 @@ def vandermonde_real(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, 
     block = _block_size(length, chunk_size)
     blocks = -(-length // block)
     arange = functools.partial(torch.arange, device=log_da.device)
-    lags = arange(block).to(log_da.real.dtype)
-    magnitude = torch.exp(log_da.real.unsqueeze(-1) * lags)  # (H, N, C)
-    angle = log_da.imag.unsqueeze(-1) * lags
-    inner = torch.stack([magnitude * torch.cos(angle), -magnitude * torch.sin(angle)], dim=-2)  # (H, N, 2, C)
+    inner = _powers(log_da, arange(block))
+    inner = torch.stack([inner.real, -inner.imag], dim=-2)  # (H, N, 2, C)
     outer = _powers(log_da, offset + block * arange(blocks))  # (H, N, J)
     left = torch.view_as_real(coeff.unsqueeze(-1) * outer).transpose(-3, -2)  # (..., H, J, N, 2)
     with no_autocast(log_da.device.type):  # a real matmul: autocast would run it in half precision
@@ -403,9 +401,10 @@ def _fft_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | None, 
     if kernel.shape[-1] > n or length > n:
         raise ValueError(f"FFT size n={n} is shorter than the input ({length}) or the kernel ({kernel.shape[-1]})")
     with no_autocast(u.device.type):
-        y = _CircularConvolution.apply(u.to(dtype), kernel.to(dtype), n)
+        u_compute = u.to(dtype)
+        y = _CircularConvolution.apply(u_compute, kernel.to(dtype), n)
         if skip is not None:
-            y = y + skip.to(dtype).unsqueeze(-1) * u.to(dtype)
+            y = y + skip.to(dtype).unsqueeze(-1) * u_compute
     return y.to(u.dtype)
 
 

@@ -53,14 +53,10 @@ def kernel_step(kernel: DiagonalSSMKernel, length: int, product):
     return run
 
 
-def fft_2l(u, k):
-    n = 2 * u.shape[-1]
-    return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :u.shape[-1]]
-
-
-def autograd_fft_conv(u, k):
-    """The previous implementation: the same transforms, differentiated by autograd."""
-    n = fft_length(u.shape[-1] + k.shape[-1] - 1)
+def plain_fft_conv(u, k, n=None):
+    """Causal convolution with real FFTs of size ``n`` (default fft_length(L + Lk - 1)), differentiated by
+    autograd: the previous implementation (with n = 2L before the short-kernel sizes)."""
+    n = n or fft_length(u.shape[-1] + k.shape[-1] - 1)
     return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :u.shape[-1]]
 
 
@@ -109,14 +105,14 @@ def main(argv=None):
         rows.append(("SSM kernel fwd+bwd", length, base, fast))
     for length in args.lengths:
         u, k = torch.randn(1, args.channels, length), torch.randn(args.channels, 64)
-        base = timed(functools.partial(fft_2l, u, k), args.repeats)
+        base = timed(functools.partial(plain_fft_conv, u, k, 2 * length), args.repeats)
         fast = timed(functools.partial(fft_causal_conv, u, k), args.repeats)
         rows.append(("shift conv (64 taps)", length, base, fast))
     for length in args.lengths:
         u = torch.randn(1, args.channels, length, requires_grad=True)
         k = torch.randn(args.channels, length, requires_grad=True)
         grad = torch.randn(1, args.channels, length)
-        base = timed(conv_step(autograd_fft_conv, u, k, grad), args.repeats)
+        base = timed(conv_step(plain_fft_conv, u, k, grad), args.repeats)
         fast = timed(conv_step(fft_causal_conv, u, k, grad), args.repeats)
         rows.append(("FFT conv fwd+bwd (L taps)", length, base, fast))
     model = H3ForCausalLM(H3Config(vocab_size=1024, hidden_size=256, num_hidden_layers=4,
