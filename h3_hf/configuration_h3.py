@@ -20,16 +20,19 @@ class H3Config(PreTrainedConfig):
         num_hidden_layers: number of pre-norm blocks.
         state_size: state size N of both SSMs (N taps of the shift SSM, N/2 complex modes of the
             diagonal SSM); positive and even.
-        head_dim: channels per head of the diagonal SSM (outer product k v^T per head); divides
-            ``hidden_size``.
+        ssm_head_dim: channels per head of the diagonal SSM (outer product k v^T per head); divides
+            ``hidden_size``. A config.json with ``head_dim`` and no ``ssm_head_dim`` (the earlier name of this
+            field) is read with that ``head_dim`` as this width.
         attn_layer_idx: 0-based indices of the layers whose mixer is causal multi-head attention.
         mixer_type: the mixer of the other layers. "h3" (q * diag_ssm(shift_ssm(k) * v)); the paper's
             ablations "h3_shift_only" (q * (shift_ssm(k) * v), no diagonal SSM) and "h3_diag_only"
             (q * diag_ssm(k * v), no shift SSM); "s4d" (gelu(diag_ssm(x)), the S4D baseline: no shift,
-            no projections, no multiplicative interaction; needs ``head_dim=1``).
+            no projections, no multiplicative interaction; needs ``ssm_head_dim=1``).
         ssm_init: initialisation of the diagonal SSM's A ("lin", "inv", "legs"); None: "lin" for the H3
             mixers (as released), "inv" for "s4d" (the paper's S4D baseline).
         num_attention_heads: heads of the attention layers; divides ``hidden_size``.
+        head_dim: size of one attention head, as everywhere in transformers (None: ``hidden_size //
+            num_attention_heads``, the only value the packed Wqkv projection allows).
         rotary_emb_dim: rotary dims per attention head (GPT-NeoX style, partial); 0 = no position
             information in attention (the released models except the 2.7B "rotary" one).
         rope_theta: rotary base.
@@ -52,11 +55,12 @@ class H3Config(PreTrainedConfig):
     hidden_size: int = 768
     num_hidden_layers: int = 12
     state_size: int = 64
-    head_dim: int = 1
+    ssm_head_dim: int = 1
     attn_layer_idx: list[int] | None = None
     mixer_type: str = "h3"
     ssm_init: str | None = None
     num_attention_heads: int = 12
+    head_dim: int | None = None
     rotary_emb_dim: int = 0
     rope_theta: float = 10000.0
     intermediate_size: int | None = None
@@ -82,6 +86,8 @@ class H3Config(PreTrainedConfig):
         self.attn_layer_idx = sorted(self.attn_layer_idx)
         if self.ssm_init is None:
             self.ssm_init = "inv" if self.mixer_type == "s4d" else "lin"
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads if self.num_attention_heads > 0 else 0
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         m = self.pad_vocab_size_multiple
@@ -89,6 +95,21 @@ class H3Config(PreTrainedConfig):
             self.vocab_size = (self.vocab_size + m - 1) // m * m
         super().__post_init__(**kwargs)
         self.validate_h3()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """A saved config loads as saved: ``vocab_size`` is not rounded up again (a model resized to any size
+        reloads with its shapes), and a file from before ``ssm_head_dim`` existed, whose ``head_dim`` was the SSM
+        head width, keeps that meaning."""
+        config_dict = dict(config_dict)
+        if "head_dim" in config_dict and "ssm_head_dim" not in config_dict:
+            config_dict["ssm_head_dim"] = config_dict.pop("head_dim")
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        if "vocab_size" in config_dict and "vocab_size" not in kwargs:
+            config.vocab_size = config_dict["vocab_size"]
+            config.validate_h3()
+        return result
 
     @property
     def layer_types(self) -> list[str]:
@@ -99,12 +120,13 @@ class H3Config(PreTrainedConfig):
     def validate_h3(self):
         """Every field (types are checked by ``strict``); ValueError naming the field, its value and what is
         allowed. Also run when a model is built, for fields changed after construction."""
-        require_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "head_dim", "num_attention_heads",
+        require_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "ssm_head_dim", "num_attention_heads",
                          "intermediate_size", "pad_vocab_size_multiple")
         require_positive(self, "kernel_chunk_size", optional=True)
         require(self, self.state_size > 0 and self.state_size % 2 == 0, "state_size",
                 "must be a positive even integer")
-        require(self, self.hidden_size % self.head_dim == 0, "head_dim", f"must divide hidden_size={self.hidden_size}")
+        require(self, self.hidden_size % self.ssm_head_dim == 0, "ssm_head_dim",
+                f"must divide hidden_size={self.hidden_size}")
         bad = [i for i in self.attn_layer_idx if not 0 <= i < self.num_hidden_layers]
         require(self, not bad and len(set(self.attn_layer_idx)) == len(self.attn_layer_idx), "attn_layer_idx",
                 f"entries must be distinct layer indices in [0, num_hidden_layers={self.num_hidden_layers})")
@@ -114,11 +136,13 @@ class H3Config(PreTrainedConfig):
             require(self, self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
                     f"must divide hidden_size={self.hidden_size} when attn_layer_idx is not empty")
             head = self.hidden_size // self.num_attention_heads
+            require(self, self.head_dim == head, "head_dim",
+                    f"must be hidden_size / num_attention_heads = {head} (the attention head size) or None")
             require(self, self.rotary_emb_dim <= head, "rotary_emb_dim",
                     f"must be an even number in [0, attention head dim {head}]")
         require(self, 0 < self.rope_theta < float("inf"), "rope_theta", "must be a finite number > 0")
         require_choice(self, "mixer_type", H3_MIXER_TYPES)
-        require(self, self.mixer_type != "s4d" or self.head_dim == 1, "head_dim",
+        require(self, self.mixer_type != "s4d" or self.ssm_head_dim == 1, "ssm_head_dim",
                 "must be 1 when mixer_type='s4d' (one SISO SSM per channel)")
         require_choice(self, "ssm_init", H3_SSM_INITS)
         require_choice(self, "discretization", H3_DISCRETIZATIONS)

@@ -74,7 +74,7 @@ def infer_config(state: dict[str, torch.Tensor], num_attention_heads: int | None
             raise ValueError(f"cannot infer num_attention_heads for hidden size {d}: pass --num-attention-heads")
         num_attention_heads = RELEASED_HEADS[d]
     fields = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=len(layers), state_size=state_size,
-                  head_dim=d // heads, attn_layer_idx=attn, num_attention_heads=num_attention_heads or 1,
+                  ssm_head_dim=d // heads, attn_layer_idx=attn, num_attention_heads=num_attention_heads or 1,
                   rotary_emb_dim=rotary, intermediate_size=state["backbone.layers.0.mlp.fc1.weight"].shape[0],
                   discretization=discretization, pad_vocab_size_multiple=1, tie_word_embeddings=True)
     fields.update(overrides)

@@ -18,7 +18,7 @@ TEMPLATES = Path(__file__).parent / "model_cards"
 FAMILIES = {
     "h3": dict(pipeline_tag="text-generation", tags=["h3", "state-space-model", "ssm", "custom_code"],
                fields=("vocab_size", "hidden_size", "num_hidden_layers", "state_size", "num_attention_heads",
-                       "attn_layer_idx", "mixer_type", "head_dim")),
+                       "attn_layer_idx", "mixer_type", "ssm_head_dim")),
     "s4d": dict(pipeline_tag="text-classification", tags=["s4d", "state-space-model", "ssm", "custom_code"],
                 fields=("vocab_size", "input_size", "hidden_size", "num_hidden_layers", "state_size", "init",
                         "discretization", "bidirectional", "pooling", "num_labels")),

@@ -10,7 +10,9 @@ closed form), the recurrence runs decoding (O(1) per token). All states live in 
 diagonal SSM's complex state as the recurrent state, keys/values for attention layers.
 """
 
+import copy
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -39,7 +41,11 @@ from .ssm import (
     initial_state_response,
     no_autocast,
 )
-from .validation import check_class_ids, check_ids_or_embeds
+from .validation import check_class_ids, check_ids_or_embeds, check_mask_values
+
+# Decode parameters derived from the weights (see H3Mixer._decode_parameters), per cache: kept outside the cache's
+# attributes so that a cache holds states only (torch.export flattens a returned cache by its attributes).
+_STEP_PARAMETERS: "weakref.WeakKeyDictionary[H3Cache, dict]" = weakref.WeakKeyDictionary()
 
 
 class H3Cache(DynamicCache):
@@ -52,8 +58,6 @@ class H3Cache(DynamicCache):
     def __init__(self, config=None, **kwargs):
         super().__init__(config=config, **kwargs)
         self.seen_tokens = 0
-        # per layer: what its decode steps need, derived from the weights once per generation (see H3Mixer)
-        self.step_parameters = {}
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -69,10 +73,15 @@ class H3Cache(DynamicCache):
             layer.device, layer.dtype = recurrent_states.device, recurrent_states.dtype
         return out
 
+    @property
+    def step_parameters(self) -> dict:
+        """Per layer: what its decode steps need, derived from the weights once per generation (see H3Mixer)."""
+        return _STEP_PARAMETERS.setdefault(self, {})
+
     def reset(self):
         super().reset()
         self.seen_tokens = 0
-        self.step_parameters = {}
+        _STEP_PARAMETERS.pop(self, None)
 
     @property
     def is_linear(self) -> list[bool]:
@@ -85,6 +94,14 @@ class H3Cache(DynamicCache):
     @property
     def is_compileable(self) -> bool:
         return False
+
+
+try:  # lets torch.export return the cache, as transformers' own exporter does for its caches
+    from transformers.exporters.exporter_dynamo import register_pytree_node
+
+    register_pytree_node(H3Cache)
+except ImportError:
+    pass
 
 
 # transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache`` (the old name is a
@@ -132,8 +149,8 @@ class H3Mixer(nn.Module):
         self.layer_idx = layer_idx
         self.hidden_size = d
         self.state_size = config.state_size
-        self.head_dim = config.head_dim
-        self.num_heads = d // config.head_dim
+        self.head_dim = config.ssm_head_dim
+        self.num_heads = d // config.ssm_head_dim
         self.kernel_chunk_size = config.kernel_chunk_size
         self.gated = config.mixer_type != "s4d"
         self.use_shift = config.mixer_type in ("h3", "h3_shift_only")
@@ -239,9 +256,9 @@ class H3Mixer(nn.Module):
         ``.data`` in the middle of a generation is not (it bumps no version counter). Recomputed (not stored)
         while autograd is on, under ``torch.compile`` and for caches other than ``H3Cache``.
         """
-        store = getattr(cache, "step_parameters", None)
-        if store is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not isinstance(cache, H3Cache) or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._step_parameters(dtype)
+        store = cache.step_parameters
         key = (dtype, *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self._step_weights()))
         entry = store.get(self.layer_idx)
         if entry is None or entry[0] != key:
@@ -322,7 +339,7 @@ class H3Attention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.head_dim = config.head_dim
         self.scaling = self.head_dim**-0.5
         self.is_causal = True
         self.num_key_value_groups = 1
@@ -330,8 +347,10 @@ class H3Attention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values: Cache | None = None, **kwargs):
-        """hidden_states (batch, length, d) -> (batch, length, d)."""
+                position_ids: torch.Tensor | None = None, past_key_values: Cache | None = None,
+                output_attentions: bool = False, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states (batch, length, d) -> output (batch, length, d) and, when ``output_attentions`` (computed
+        on the eager path then), the attention weights (batch, heads, length, past + length), else None."""
         batch, length, _ = hidden_states.shape
         qkv = self.Wqkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = (t.transpose(1, 2) for t in qkv.unbind(2))
@@ -339,12 +358,13 @@ class H3Attention(nn.Module):
         key = apply_partial_rotary(key, position_ids, self.config.rotary_emb_dim, self.config.rope_theta)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
-        interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward)
-        out, _ = interface(self, query, key, value, attention_mask,
-                           dropout=self.config.attention_dropout if self.training else 0.0,
-                           scaling=self.scaling, **kwargs)
-        return self.out_proj(out.reshape(batch, length, -1))
+        interface: Callable = eager_attention_forward
+        if not output_attentions:
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, weights = interface(self, query, key, value, attention_mask,
+                                 dropout=self.config.attention_dropout if self.training else 0.0,
+                                 scaling=self.scaling, **kwargs)
+        return self.out_proj(out.reshape(batch, length, -1)), (weights if output_attentions else None)
 
 
 class H3MLP(nn.Module):
@@ -372,15 +392,19 @@ class H3Block(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.resid_dropout)
 
     def forward(self, hidden_states: torch.Tensor, causal_mask=None, ssm_mask=None, position_ids=None,
-                past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
+                past_key_values: Cache | None = None, output_attentions: bool = False,
+                **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, length, d) -> (batch, length, d), and the attention weights of an attention layer when
+        ``output_attentions`` (else None)."""
         normed = self.norm1(hidden_states)
+        weights = None
         if self.is_attention:
-            mixed = self.mixer(normed, attention_mask=causal_mask, position_ids=position_ids,
-                               past_key_values=past_key_values)
+            mixed, weights = self.mixer(normed, attention_mask=causal_mask, position_ids=position_ids,
+                                        past_key_values=past_key_values, output_attentions=output_attentions)
         else:
             mixed = self.mixer(normed, ssm_mask=ssm_mask, past_key_values=past_key_values)
         hidden_states = hidden_states + self.dropout(mixed)
-        return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states)))
+        return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states))), weights
 
 
 class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
@@ -393,6 +417,7 @@ class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _is_stateful = True
+    _can_compile_fullgraph = False  # the FFT convolution is a graph break (ssm._fft_conv); torch.export works
     _keep_in_fp32_modules_strict = ["shift_kernel", "mixer.kernel"]
     checkpoint_auto_map = {"AutoConfig": "configuration_h3.H3Config", "AutoModel": "modeling_h3.H3Model",
                            "AutoModelForCausalLM": "modeling_h3.H3ForCausalLM"}
@@ -423,14 +448,24 @@ class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
 
 
 def check_lm_inputs(model: "H3Model", input_ids, inputs_embeds, attention_mask, position_ids, past_length: int):
-    """Validate inputs before any work (ValueError naming the argument); returns (batch, length)."""
+    """Validate inputs before any work (ValueError naming the argument); returns (batch, length).
+
+    Shapes and dtypes are always checked. Values (token range, 0/1 mask) are checked at the boundary: on calls
+    that start or extend a sequence by several tokens and at ``generate()`` entry, not on the one-token steps
+    that continue a cache (their tokens come from the model's own logits) and not while tracing, compiling or
+    exporting.
+    """
+    given = input_ids if input_ids is not None else inputs_embeds
+    check_values = not (past_length > 0 and given is not None and given.dim() > 1 and given.shape[1] == 1)
     shape = check_ids_or_embeds(input_ids, inputs_embeds, model.config.vocab_size, model.config.hidden_size,
-                                model.embeddings.weight.dtype)
+                                model.embeddings.weight.dtype, check_values=check_values)
     if attention_mask is not None and not isinstance(attention_mask, dict):
         if attention_mask.dim() != 2 or attention_mask.shape[0] != shape[0] or \
                 attention_mask.shape[1] not in (shape[1], past_length + shape[1]):
             raise ValueError(f"attention_mask must have shape (batch, past + length) = ({shape[0]}, "
                              f"{past_length + shape[1]}), got {tuple(attention_mask.shape)}")
+        if check_values:
+            check_mask_values(attention_mask)
     if position_ids is not None and (position_ids.dim() != 2 or position_ids.shape[0] not in (1, shape[0])
                                      or position_ids.shape[1] != shape[1]):
         raise ValueError(f"position_ids must have shape (batch or 1, length) = ({shape[0]}, {shape[1]}), got "
@@ -467,26 +502,33 @@ class H3Model(H3PreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """
         Args:
             input_ids: (batch, length) token ids, or ``inputs_embeds`` (batch, length, d).
-            attention_mask: (batch, past + length), 0 at padding (left padding for generation); or the
+            attention_mask: (batch, past + length) of 0/1, 0 at padding (left padding for generation); or the
                 dict of masks per layer type that ``generate()`` builds for compileable caches.
             position_ids: (batch, length) positions for rotary attention (default: past + arange).
             past_key_values / cache: an ``H3Cache`` (created when ``use_cache`` and none is given); transformers
                 >= 5.24 passes it as ``cache``.
+            use_cache, output_hidden_states, output_attentions: None takes the config's value. Hidden states are
+                the embeddings and each block's output (num_hidden_layers + 1); attentions are the weights of the
+                attention layers (batch, heads, length, past + length), one per layer in ``attn_layer_idx``.
         """
+        config = self.config
         past_key_values = given_cache(cache, past_key_values)
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        use_cache = use_cache if use_cache is not None else (config.use_cache and not self.training)
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
         if self.gradient_checkpointing and self.training:
             use_cache = False
         past_length = cache_length(past_key_values)
         batch, length = check_lm_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_length)
         if use_cache and past_key_values is None:
-            past_key_values = H3Cache(config=self.config)
+            past_key_values = H3Cache(config=config)
         if inputs_embeds is None:
             inputs_embeds = self.embeddings(input_ids)
         if position_ids is None:
@@ -500,22 +542,32 @@ class H3Model(H3PreTrainedModel):
         else:
             ssm_mask = attention_mask[:, -length:] if attention_mask is not None else None
             causal_mask = None
-            if self.config.attn_layer_idx:
-                causal_mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds,
+            if config.attn_layer_idx:
+                mask_config = config
+                if output_attentions and config._attn_implementation != "eager":  # weights come from eager
+                    mask_config = copy.copy(config)
+                    mask_config._attn_implementation = "eager"
+                causal_mask = create_causal_mask(config=mask_config, inputs_embeds=inputs_embeds,
                                                  attention_mask=attention_mask, **{CACHE_FIELD: past_key_values},
                                                  position_ids=position_ids)
 
         hidden_states = self.drop(inputs_embeds)
         all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for block in self.layers:
-            hidden_states = block(hidden_states, causal_mask=causal_mask, ssm_mask=ssm_mask,
-                                  position_ids=position_ids, past_key_values=past_key_values if use_cache else None)
+            hidden_states, weights = block(hidden_states, causal_mask=causal_mask, ssm_mask=ssm_mask,
+                                           position_ids=position_ids,
+                                           past_key_values=past_key_values if use_cache else None,
+                                           output_attentions=output_attentions)
             if output_hidden_states:
                 all_hidden += (hidden_states,)
+            if output_attentions and block.is_attention:
+                all_attentions += (weights,)
         hidden_states = self.ln_f(hidden_states)
         if use_cache and hasattr(past_key_values, "seen_tokens"):
             past_key_values.seen_tokens += length
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, hidden_states=all_hidden,
+                                       attentions=all_attentions,
                                        **{CACHE_FIELD: past_key_values if use_cache else None})
 
 
@@ -569,6 +621,7 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: Cache | None = None,
         **kwargs,
@@ -583,8 +636,8 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
             check_class_ids("labels", labels, self.config.vocab_size, kwargs.get("ignore_index", -100))
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=given_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
-                                use_cache=use_cache,
-                                output_hidden_states=output_hidden_states)
+                                use_cache=use_cache, output_hidden_states=output_hidden_states,
+                                output_attentions=output_attentions)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep])
@@ -592,7 +645,7 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
-                                      **{CACHE_FIELD: outputs.get(CACHE_FIELD)})
+                                      attentions=outputs.attentions, **{CACHE_FIELD: outputs.get(CACHE_FIELD)})
 
 
 # save_pretrained copies this file and its relative imports into every checkpoint (see hub_utils.py)

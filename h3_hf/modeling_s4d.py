@@ -134,6 +134,8 @@ class S4DPreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["S4DBlock"]
+    _keep_in_fp32_modules_strict = ["layer.kernel"]
+    _can_compile_fullgraph = False  # the FFT convolution is a graph break (ssm._fft_conv); torch.export works
     checkpoint_auto_map = {"AutoConfig": "configuration_s4d.S4DConfig", "AutoModel": "modeling_s4d.S4DModel",
                            "AutoModelForSequenceClassification": "modeling_s4d.S4DForSequenceClassification"}
 
@@ -198,7 +200,8 @@ class S4DModel(S4DPreTrainedModel):
             input_values: alias of ``inputs_embeds`` for real-valued models.
         """
         hidden_states = encode_inputs(self, input_ids, inputs_embeds, input_values, attention_mask)
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         hidden_states, all_hidden = run_blocks(self.layers, hidden_states, output_hidden_states, attention_mask)
         hidden_states = self.norm_f(hidden_states)
         return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden)

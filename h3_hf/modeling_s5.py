@@ -93,6 +93,7 @@ class S5PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["S5Block"]
+    _can_compile_fullgraph = True  # torch.compile(fullgraph=True) traces the whole forward (tested)
     checkpoint_auto_map = {"AutoConfig": "configuration_s5.S5Config", "AutoModel": "modeling_s5.S5Model",
                            "AutoModelForSequenceClassification": "modeling_s5.S5ForSequenceClassification"}
     _keep_in_fp32_modules_strict = ["ssm"]
@@ -156,7 +157,8 @@ class S5Model(S5PreTrainedModel):
                 sampling); position k is discretised with its step times ``timesteps[:, k]``.
         """
         hidden_states = encode_inputs(self, input_ids, inputs_embeds, input_values, attention_mask, timesteps)
-        output_hidden_states = output_hidden_states or self.config.output_hidden_states
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         hidden_states, all_hidden = run_blocks(self.layers, hidden_states, output_hidden_states, attention_mask,
                                                timesteps)
         hidden_states = self.norm_f(hidden_states)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .validation import check_class_ids, check_ids_or_embeds
+from .validation import check_class_ids, check_ids_or_embeds, check_mask_values, is_tracing
 
 
 def check_sequence_inputs(config, input_ids, inputs_embeds, attention_mask, timesteps, embed_dtype, embed_size):
@@ -14,14 +14,17 @@ def check_sequence_inputs(config, input_ids, inputs_embeds, attention_mask, time
             f"input_ids given but this model takes real-valued inputs_embeds of shape (batch, length, "
             f"{config.input_size}) (config.vocab_size is None)")
     shape = check_ids_or_embeds(input_ids, inputs_embeds, config.vocab_size, embed_size, embed_dtype)
-    if attention_mask is not None and tuple(attention_mask.shape) != shape:
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape {shape}")
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs have shape "
+                             f"{shape}")
+        check_mask_values(attention_mask)
     if timesteps is not None:
         if tuple(timesteps.shape) != shape:
             raise ValueError(f"timesteps must have shape (batch, length) = {shape}, got {tuple(timesteps.shape)}")
         if not timesteps.is_floating_point():
             raise ValueError(f"timesteps must be a floating-point tensor, got {timesteps.dtype}")
-        if not torch.isfinite(timesteps).all() or (timesteps <= 0).any():
+        if not is_tracing(timesteps) and (not torch.isfinite(timesteps).all() or (timesteps <= 0).any()):
             raise ValueError("timesteps must be finite and > 0 (intervals t_k - t_(k-1)); got values in "
                              f"[{float(timesteps.min())}, {float(timesteps.max())}] or non-finite ones")
     return shape

@@ -46,6 +46,12 @@ def pairs_to_complex(x: torch.Tensor) -> torch.Tensor:
     return torch.complex(x[..., 0], x[..., 1])
 
 
+def parameter_dtype() -> torch.dtype:
+    """dtype in which SSM parameters are created: float32, or float64 when that is the default dtype; never half
+    precision, also when a model is built under an fp16/bf16 default (``from_config(config, dtype=...)``)."""
+    return torch.promote_types(torch.get_default_dtype(), torch.float32)
+
+
 def no_autocast(device_type: str):
     """Context manager that switches autocast off so SSM math keeps its float32 inputs."""
     return torch.autocast(device_type=device_type, enabled=False)
@@ -140,7 +146,7 @@ def diagonal_init(init: str, state_size: int) -> tuple[torch.Tensor, torch.Tenso
 
 def log_dt_init(num_channels: int, dt_min: float, dt_max: float, shape_tail: tuple = ()) -> torch.Tensor:
     """log(dt) uniform in [log dt_min, log dt_max]; shape (num_channels, *shape_tail), float32."""
-    u = torch.rand(num_channels, *shape_tail)
+    u = torch.rand(num_channels, *shape_tail, dtype=parameter_dtype())
     return u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
 
 
@@ -457,11 +463,12 @@ class DiagonalSSMKernel(nn.Module):
         self.channels = channels
         self.kernel_chunk_size = kernel_chunk_size
         half = state_size // 2
-        self.log_dt = nn.Parameter(torch.empty(num_channels))
-        self.inv_A_real = nn.Parameter(torch.empty(num_channels, half))
-        self.A_imag = nn.Parameter(torch.empty(num_channels, half))
-        self.B = nn.Parameter(torch.empty(num_channels, half, 2))
-        self.C = nn.Parameter(torch.empty(channels, num_channels, half, 2))
+        dtype = parameter_dtype()
+        self.log_dt = nn.Parameter(torch.empty(num_channels, dtype=dtype))
+        self.inv_A_real = nn.Parameter(torch.empty(num_channels, half, dtype=dtype))
+        self.A_imag = nn.Parameter(torch.empty(num_channels, half, dtype=dtype))
+        self.B = nn.Parameter(torch.empty(num_channels, half, 2, dtype=dtype))
+        self.C = nn.Parameter(torch.empty(channels, num_channels, half, 2, dtype=dtype))
         self.reset_parameters()
 
     def initial_values(self) -> dict[str, torch.Tensor]:
@@ -536,15 +543,16 @@ class ShiftSSMKernel(nn.Module):
         super().__init__()
         self.num_channels = num_channels
         self.state_size = state_size
-        self.B = nn.Parameter(torch.empty(num_channels, state_size))
-        self.C = nn.Parameter(torch.empty(1, num_channels, state_size))
+        self.B = nn.Parameter(torch.empty(num_channels, state_size, dtype=parameter_dtype()))
+        self.C = nn.Parameter(torch.empty(1, num_channels, state_size, dtype=parameter_dtype()))
         self.reset_parameters()
 
     def initial_values(self) -> dict[str, torch.Tensor]:
-        b = torch.zeros(self.num_channels, self.state_size)
+        dtype = parameter_dtype()
+        b = torch.zeros(self.num_channels, self.state_size, dtype=dtype)
         b[:, 0] = 1.0
         bound = 1 / math.sqrt(self.state_size)
-        return {"B": b, "C": torch.empty(1, self.num_channels, self.state_size).uniform_(-bound, bound)}
+        return {"B": b, "C": torch.empty(1, self.num_channels, self.state_size, dtype=dtype).uniform_(-bound, bound)}
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -681,12 +689,13 @@ class S5SSM(nn.Module):
         self.step_rescale, self.bidirectional, self.scan_chunk_size = step_rescale, bidirectional, scan_chunk_size
         half = state_size // 2 if conj_sym else state_size
         directions = 2 if bidirectional else 1
-        self.Lambda_re = nn.Parameter(torch.empty(half))
-        self.Lambda_im = nn.Parameter(torch.empty(half))
-        self.B = nn.Parameter(torch.empty(half, hidden_size, 2))
-        self.C = nn.Parameter(torch.empty(hidden_size, directions * half, 2))
-        self.D = nn.Parameter(torch.empty(hidden_size))
-        self.log_step = nn.Parameter(torch.empty(half))
+        dtype = parameter_dtype()
+        self.Lambda_re = nn.Parameter(torch.empty(half, dtype=dtype))
+        self.Lambda_im = nn.Parameter(torch.empty(half, dtype=dtype))
+        self.B = nn.Parameter(torch.empty(half, hidden_size, 2, dtype=dtype))
+        self.C = nn.Parameter(torch.empty(hidden_size, directions * half, 2, dtype=dtype))
+        self.D = nn.Parameter(torch.empty(hidden_size, dtype=dtype))
+        self.log_step = nn.Parameter(torch.empty(half, dtype=dtype))
         self.reset_parameters()
 
     def initial_values(self) -> dict[str, torch.Tensor]:
@@ -707,7 +716,8 @@ class S5SSM(nn.Module):
         return {
             "Lambda_re": lam.real.float(), "Lambda_im": lam.imag.float(),
             "B": torch.view_as_real(b).float(), "C": torch.view_as_real(torch.cat(cs, dim=1)).float(),
-            "D": torch.randn(h), "log_step": log_dt_init(lam.shape[0], self.dt_min, self.dt_max),
+            "D": torch.randn(h, dtype=parameter_dtype()),
+            "log_step": log_dt_init(lam.shape[0], self.dt_min, self.dt_max),
         }
 
     @torch.no_grad()

@@ -82,9 +82,24 @@ def require_classifier(config, poolings: tuple):
 # ---- forward input checks, run before any work: ValueError naming the argument ----
 
 
-def check_ids_or_embeds(input_ids, inputs_embeds, vocab_size: int, embed_size: int, embed_dtype: torch.dtype):
+def is_tracing(tensor: torch.Tensor | None = None) -> bool:
+    """True while torch.compile, torch.export or torch.jit trace the model (or ``tensor`` is a fake or proxy
+    tensor): value checks read tensor values and branch in Python, so they are skipped then."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    if tensor is None:
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    return isinstance(tensor, torch.fx.Proxy) or is_fake(tensor)
+
+
+def check_ids_or_embeds(input_ids, inputs_embeds, vocab_size: int, embed_size: int, embed_dtype: torch.dtype,
+                        check_values: bool = True):
     """Exactly one of ``input_ids`` (batch, length) int64/int32 in [0, vocab_size) or ``inputs_embeds`` (batch,
-    length, embed_size) of the model's floating dtype (any under autocast); length > 0. Returns (batch, length)."""
+    length, embed_size) of the model's floating dtype (any under autocast); length > 0. Returns (batch, length).
+
+    The token range is checked only when ``check_values`` and not while tracing (see :func:`is_tracing`)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if input_ids is not None:
@@ -92,7 +107,7 @@ def check_ids_or_embeds(input_ids, inputs_embeds, vocab_size: int, embed_size: i
             raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}")
         if input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an int64 or int32 tensor of token ids, got {input_ids.dtype}")
-        if input_ids.numel():
+        if check_values and input_ids.numel() and not is_tracing(input_ids):
             low, high = torch.aminmax(input_ids)
             if low < 0 or high >= vocab_size:
                 raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in "
@@ -114,11 +129,24 @@ def check_ids_or_embeds(input_ids, inputs_embeds, vocab_size: int, embed_size: i
     return shape
 
 
+def check_mask_values(attention_mask: torch.Tensor):
+    """An ``attention_mask`` holds 0 (padding) and 1 (token) only, of any dtype (bool, integer or floating);
+    not checked while tracing."""
+    if is_tracing(attention_mask) or attention_mask.dtype == torch.bool:
+        return
+    bad = (attention_mask != 0) & (attention_mask != 1)
+    if bad.any():
+        raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), got "
+                         f"{attention_mask[bad].flatten()[:5].tolist()}")
+
+
 def check_class_ids(name: str, ids, num_classes: int, ignore_index: int = -100):
     """int64 ``ids`` (what cross_entropy takes) in [0, num_classes) or ``ignore_index`` (labels of the
-    classification / LM losses)."""
+    classification / LM losses); the range is not checked while tracing."""
     if ids.dtype != torch.int64:
         raise ValueError(f"{name} must be an int64 (torch.long) tensor of class ids, got {ids.dtype}")
+    if is_tracing(ids):
+        return
     bad = (ids != ignore_index) & ((ids < 0) | (ids >= num_classes))
     if bad.any():
         raise ValueError(f"{name} must lie in [0, {num_classes}) or be {ignore_index} (ignored), got "

@@ -89,3 +89,17 @@ def test_profile_training_prints_the_ops_of_one_step():
                             check=True, cwd=ROOT, capture_output=True, text=True, timeout=600)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| aten::")]
     assert len(rows) >= 3 and "L=64" in result.stdout
+
+
+def test_bench_revisions_times_both_checkouts_on_the_same_models(tmp_path):
+    out = tmp_path / "revisions.json"
+    run_script("bench_revisions.py", "--baseline", ROOT, "--contexts", "16", "--steps", "2", "--rounds", "2",
+               "--train-length", "32", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["what"]) for r in rows] == [
+        ("H3 (pure)", "decode step, context 16"), ("H3 (pure)", "training step, length 32"),
+        ("H3 (hybrid, 1 attn)", "decode step, context 16"), ("H3 (hybrid, 1 attn)", "training step, length 32")]
+    assert all(r["baseline"] > 0 and r["this"] > 0 for r in rows)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_revisions.py"), "--baseline",
+                             str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no h3_hf/__init__.py there" in result.stderr

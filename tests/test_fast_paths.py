@@ -92,7 +92,7 @@ def test_fft_conv_with_short_kernel_equals_direct_sum(length, taps):
 
 def tiny_model(**overrides) -> H3ForCausalLM:
     torch.manual_seed(0)
-    config = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, state_size=8, head_dim=2,
+    config = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, state_size=8, ssm_head_dim=2,
                   embedding_dropout=0.0, pad_vocab_size_multiple=1)
     config.update(overrides)
     return H3ForCausalLM(H3Config(**config)).eval()

@@ -107,7 +107,7 @@ def test_weights_land_where_the_spec_says(tmp_path):
     sd = official_state_dict()
     model, out = convert(tmp_path, sd, "new")
     cfg = model.config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.state_size, cfg.head_dim) == (D, LAYERS, N, 1)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.state_size, cfg.ssm_head_dim) == (D, LAYERS, N, 1)
     assert cfg.attn_layer_idx == [ATTN] and cfg.rotary_emb_dim == 4 and cfg.vocab_size == V
     assert (out / "model.safetensors").exists() and (out / "generation_config.json").exists()
     mixer = model.backbone.layers[0].mixer

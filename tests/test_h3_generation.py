@@ -14,7 +14,7 @@ CHARS = list("abcdefghijklmnopqrstuvwxyz .,")
 def make_model(attn=(), head_dim=1, rotary=0, seed=0, mixer="h3"):
     torch.manual_seed(seed)
     tok = build_word_level_tokenizer(CHARS, split_chars=True)
-    config = H3Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, state_size=8, head_dim=head_dim,
+    config = H3Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, state_size=8, ssm_head_dim=head_dim,
                       attn_layer_idx=list(attn), num_attention_heads=4, rotary_emb_dim=rotary, mixer_type=mixer,
                       embedding_dropout=0.0, pad_vocab_size_multiple=1, pad_token_id=tok.pad_token_id,
                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, dt_min=0.01, dt_max=0.5)

@@ -24,7 +24,7 @@ def naive_h3_logits(model: H3ForCausalLM, ids: torch.Tensor) -> torch.Tensor:
     """
     cfg = model.config
     sd = {k: v.detach().double() for k, v in model.state_dict().items()}
-    d, n, p = cfg.hidden_size, cfg.state_size, cfg.head_dim
+    d, n, p = cfg.hidden_size, cfg.state_size, cfg.ssm_head_dim
     h = d // p
     batch, length = ids.shape
 
@@ -126,7 +126,7 @@ def randomize_ssm(model, seed=0):
 @pytest.mark.parametrize("disc", ["bilinear", "zoh"])
 def test_convolution_mode_equals_explicit_float64_recurrence(head_dim, attn, disc):
     torch.manual_seed(0)
-    config = tiny_config(head_dim=head_dim, attn_layer_idx=attn, rotary_emb_dim=4 if attn else 0,
+    config = tiny_config(ssm_head_dim=head_dim, attn_layer_idx=attn, rotary_emb_dim=4 if attn else 0,
                          discretization=disc)
     model = H3ForCausalLM(config).double().eval()
     randomize_ssm(model)
@@ -142,7 +142,7 @@ def test_ablation_mixers_equal_explicit_float64_recurrence(mixer, attn):
     """The mixer_type options against the same token-by-token float64 reference (h3 is covered above)."""
     torch.manual_seed(1)
     head_dim = 1 if mixer == "s4d" else 2
-    config = tiny_config(head_dim=head_dim, attn_layer_idx=attn, mixer_type=mixer,
+    config = tiny_config(ssm_head_dim=head_dim, attn_layer_idx=attn, mixer_type=mixer,
                          discretization="zoh" if mixer == "s4d" else "bilinear")
     model = H3ForCausalLM(config).double().eval()
     randomize_ssm(model)
@@ -162,7 +162,7 @@ def test_ablation_mixers_equal_explicit_float64_recurrence(mixer, attn):
 @pytest.mark.parametrize("attn", [[], [0, 2]])
 def test_prefill_then_steps_and_chunks_equal_full_pass_float32(head_dim, mixer, attn):
     torch.manual_seed(0)
-    model = H3ForCausalLM(tiny_config(head_dim=head_dim, attn_layer_idx=attn, mixer_type=mixer)).eval()
+    model = H3ForCausalLM(tiny_config(ssm_head_dim=head_dim, attn_layer_idx=attn, mixer_type=mixer)).eval()
     ids = torch.randint(0, 40, (3, 20))
     full = model(ids, use_cache=False).logits
     out = model(ids[:, :9], use_cache=True)
@@ -226,12 +226,12 @@ def test_tied_embeddings_and_gradient_checkpointing():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(head_dim=3), "head_dim"), (dict(attn_layer_idx=[3]), "attn_layer_idx"),
+    (dict(ssm_head_dim=3), "ssm_head_dim"), (dict(attn_layer_idx=[3]), "attn_layer_idx"),
     (dict(attn_layer_idx=[-1]), "attn_layer_idx"), (dict(state_size=5), "state_size"),
     (dict(discretization="euler"), "discretization"), (dict(num_attention_heads=3, attn_layer_idx=[0]),
                                                        "num_attention_heads"),
     (dict(rotary_emb_dim=3, attn_layer_idx=[0]), "rotary_emb_dim"), (dict(dt_min=1.0), "dt_min"),
-    (dict(mixer_type="mamba"), "mixer_type.*allowed values"), (dict(mixer_type="s4d", head_dim=2), "head_dim"),
+    (dict(mixer_type="mamba"), "mixer_type.*allowed values"), (dict(mixer_type="s4d", ssm_head_dim=2), "ssm_head_dim"),
     (dict(ssm_init="random"), "ssm_init"),
 ])
 def test_bad_config_raises(kw, match):

@@ -95,7 +95,7 @@ def h3_configs(draw):
     heads = draw(st.sampled_from(divisors(hidden)))
     rotary = draw(st.sampled_from(list(range(0, hidden // heads + 1, 2)))) if attn else 0
     return dict(vocab_size=draw(st.integers(5, 40)), hidden_size=hidden, num_hidden_layers=layers,
-                state_size=draw(st.sampled_from([2, 4, 6, 8])), head_dim=head_dim, mixer_type=mixer,
+                state_size=draw(st.sampled_from([2, 4, 6, 8])), ssm_head_dim=head_dim, mixer_type=mixer,
                 attn_layer_idx=attn, num_attention_heads=heads, rotary_emb_dim=rotary,
                 intermediate_size=draw(st.sampled_from([None, 2 * hidden])),
                 discretization=draw(st.sampled_from(["zoh", "bilinear"])),
