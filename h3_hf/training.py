@@ -1,4 +1,4 @@
-"""Optimizer parameter groups for SSM models and shared training metrics.
+"""Optimizer parameter groups for SSM models.
 
 The S4/S5/H3 papers train the SSM parameters (step sizes, A, B) with no weight decay and often a
 smaller learning rate than the rest. ``transformers.Trainer`` only knows decay / no-decay, so build
@@ -8,10 +8,6 @@ the optimizer here and hand it over with ``Trainer(..., optimizers=(optimizer, N
     trainer = Trainer(model=model, args=args, optimizers=(optimizer, None), ...)
 """
 
-import json
-import os
-
-import numpy as np
 import torch
 from torch import nn
 
@@ -68,50 +64,3 @@ def create_ssm_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0,
     """AdamW over :func:`ssm_parameter_groups`."""
     groups = ssm_parameter_groups(model, lr, weight_decay, ssm_lr, ssm_weight_decay)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
-
-
-def classification_accuracy(eval_pred) -> dict:
-    """``compute_metrics`` for Trainer: accuracy of argmax logits (batch, num_labels) vs labels (batch,)."""
-    logits, labels = eval_pred
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    return {"accuracy": float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())}
-
-
-def with_default_flags(argv: list[str], defaults: dict) -> list[str]:
-    """Prepend ``--key value`` for every default the command line ``argv`` does not set (the user's win)."""
-    given = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
-    extra = []
-    for key, value in defaults.items():
-        if key not in given:
-            extra += [f"--{key}", str(value)]
-    return extra + argv
-
-
-def flag_value(argv: list[str], name: str, default: str) -> str:
-    """The value of ``--name`` in ``argv`` (``--name v`` or ``--name=v``), else ``default``."""
-    value = default
-    for i, arg in enumerate(argv):
-        if arg == f"--{name}" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(f"--{name}="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-TRAINING_ARG_KEYS = ("learning_rate", "weight_decay", "num_train_epochs", "per_device_train_batch_size",
-                     "lr_scheduler_type", "warmup_steps")
-
-
-def training_summary(training_args) -> dict:
-    """The TrainingArguments a results.json records."""
-    values = training_args.to_dict()
-    return {k: values[k] for k in TRAINING_ARG_KEYS}
-
-
-def save_results(output_dir: str, results: dict, print_keys: tuple) -> None:
-    """Write ``output_dir/results.json`` (creating the folder) and print the ``print_keys`` of ``results`` as one
-    JSON line."""
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
-    print(json.dumps({k: results[k] for k in print_keys}))

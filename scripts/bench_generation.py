@@ -1,5 +1,6 @@
 """Per-token decode latency vs context: H3 (pure and hybrid) vs GPT-2 (KV cache) and Mamba (recurrent cache).
 
+Example:
     python scripts/bench_generation.py                       # d=256, 4 layers, contexts 128..16384, batch 1 and 16
     python scripts/bench_generation.py --contexts 128 1024 --batches 1 --json out.json --plot out.png
     python scripts/bench_generation.py --compile              # adds H3 (pure) with torch.compile'd decode steps
@@ -15,7 +16,6 @@ StaticCache (written in place; attention spans all its slots, masked). Ratios pr
 latency(smallest C) per model (O(1) decoding stays near 1), GPT-2 / H3 and Mamba / H3 at the same context.
 """
 
-import argparse
 import copy
 import inspect
 import json
@@ -24,6 +24,7 @@ import time
 
 import bench_common
 import torch
+from script_utils import ScriptArgumentParser
 from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
 from transformers.cache_utils import StaticCache
 from transformers.utils import logging as hf_logging
@@ -126,19 +127,20 @@ def plot(results: dict, batches: list[int], path: str, title: str):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 512, 2048, 8192, 16384])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=1024)
+    parser = ScriptArgumentParser(__doc__)
+    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 512, 2048, 8192, 16384],
+                        help="context lengths C (prompt tokens prefilled before the timed steps)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes of the decode steps")
+    parser.add_argument("--hidden-size", type=int, default=256, help="model width")
+    parser.add_argument("--layers", type=int, default=4, help="H3 and GPT-2 layers (Mamba: twice as many)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads")
+    parser.add_argument("--vocab", type=int, default=1024, help="vocabulary size")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per model, context and round")
     parser.add_argument("--rounds", type=int, default=6, help="rounds over all (context, model) pairs")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--compile", action="store_true", help="also time H3 (pure) with torch.compile'd steps")
-    parser.add_argument("--json", default="bench_generation.json")
-    parser.add_argument("--plot", default="bench_generation.png")
+    parser.add_argument("--json", default="bench_generation.json", help="where the timings are written")
+    parser.add_argument("--plot", default="bench_generation.png", help="where the figure is written")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()  # Mamba's "falling back to the PyTorch implementation" notices
     torch.manual_seed(0)

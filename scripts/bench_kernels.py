@@ -1,5 +1,6 @@
 """The hot paths of H3/S4D against the straightforward versions they replaced, timed in one run.
 
+Example:
     python scripts/bench_kernels.py                  # H=256 SSMs, N=32 modes, L = 1k..16k
     python scripts/bench_kernels.py --lengths 1024 4096 --json out.json
 
@@ -15,7 +16,6 @@
 Printed as a table with speed-ups (baseline / fast); JSON with every timing.
 """
 
-import argparse
 import functools
 import json
 import statistics
@@ -23,6 +23,7 @@ import time
 
 import bench_common
 import torch
+from script_utils import ScriptArgumentParser
 
 from h3_hf import H3Config, H3ForCausalLM
 from h3_hf.modeling_h3 import CACHE_FIELD
@@ -89,12 +90,12 @@ def decode_step_times(model, steps: int, rounds: int = 5) -> tuple[float, float]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    parser.add_argument("--channels", type=int, default=256)
-    parser.add_argument("--state-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default="bench_kernels.json")
+    parser = ScriptArgumentParser(__doc__)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384], help="sequence lengths L")
+    parser.add_argument("--channels", type=int, default=256, help="SSM channels H")
+    parser.add_argument("--state-size", type=int, default=64, help="SSM state size (N/2 complex modes)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median reported)")
+    parser.add_argument("--json", default="bench_kernels.json", help="where the timings are written")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = []

@@ -13,7 +13,6 @@ backward of the LM loss at ``--train-length`` tokens, batch 1, alternating likew
 checkout's milliseconds and their ratio (this / baseline; below 1 is faster).
 """
 
-import argparse
 import importlib.util
 import json
 import statistics
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from script_utils import ScriptArgumentParser  # noqa: E402
 
 
 def import_package(checkout: Path, name: str):
@@ -83,7 +84,7 @@ def train_times(models: dict, length: int, rounds: int) -> dict[str, float]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptArgumentParser(__doc__)
     parser.add_argument("--baseline", type=Path, required=True, help="a checkout of h3-hf to compare with")
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 8192], help="decode contexts (default: "
                         "128 8192)")

@@ -1,5 +1,6 @@
 """S5's parallel associative scan vs the sequential loop, as a ratio measured in one run.
 
+Example:
     python scripts/bench_scan.py                              # L = 1k ... 16k, batch 8, 32 complex states
     python scripts/bench_scan.py --lengths 1024 4096 --json scan.json
 
@@ -7,13 +8,13 @@ Both compute x_k = a_k x_{k-1} + b_k for complex64 inputs (batch, L, P_h): a tim
 steps) and a per-position a (``timesteps``), the two cases of an S5 layer. Median of ``--repeats`` runs.
 """
 
-import argparse
 import json
 import statistics
 import time
 
 import bench_common
 import torch
+from script_utils import ScriptArgumentParser
 
 from h3_hf.ssm import associative_scan, sequential_scan
 
@@ -29,12 +30,13 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--states", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default="bench_scan.json")
+    parser = ScriptArgumentParser(__doc__)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384],
+                        help="sequence lengths L")
+    parser.add_argument("--batch", type=int, default=8, help="batch size")
+    parser.add_argument("--states", type=int, default=32, help="complex states P_h")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    parser.add_argument("--json", default="bench_scan.json", help="where the timings are written")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = []

@@ -1,5 +1,6 @@
 """Training-step cost vs sequence length: H3, S4D, S5 and GPT-2 (sdpa attention) of equal size.
 
+Example:
     python scripts/bench_training.py                                  # d=256, 4 layers, L = 1k..16k, batch 1
     python scripts/bench_training.py --lengths 1024 4096 --models h3 gpt2 --json out.json --plot out.png
     python scripts/bench_training.py --compile                        # adds H3 with torch.compile
@@ -26,6 +27,7 @@ import sys
 import time
 
 import bench_common
+from script_utils import ScriptArgumentParser
 
 MODELS = ("h3", "h3_compiled", "s4d", "s5", "gpt2")
 LABELS = {"h3": "H3", "h3_compiled": "H3 (compiled)", "s4d": "S4D", "s5": "S5", "gpt2": "GPT-2 (sdpa)"}
@@ -161,21 +163,23 @@ def plot(results: dict, path: str, title: str):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
-    parser.add_argument("--models", nargs="+", default=["h3", "s4d", "s5", "gpt2"], choices=MODELS)
+    parser = ScriptArgumentParser(__doc__)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384],
+                        help="sequence lengths L")
+    parser.add_argument("--models", nargs="+", default=["h3", "s4d", "s5", "gpt2"], choices=MODELS, metavar="MODEL",
+                        help=f"models to time, one or more of {', '.join(MODELS)} (default: h3 s4d s5 gpt2)")
     parser.add_argument("--compile", action="store_true", help="also time H3 under torch.compile")
-    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--hidden-size", type=int, default=256, help="width of H3 and GPT-2")
     parser.add_argument("--no-match-parameters", dest="match_parameters", action="store_false",
                         help="give S4D and S5 the same width instead of H3's parameter count")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=4, help="layers of every model")
+    parser.add_argument("--heads", type=int, default=4, help="GPT-2 attention heads")
+    parser.add_argument("--vocab", type=int, default=1024, help="vocabulary of the LMs")
+    parser.add_argument("--batch", type=int, default=1, help="batch size")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up (median reported)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per (model, length) process")
-    parser.add_argument("--json", default="bench_training.json")
-    parser.add_argument("--plot", default="bench_training.png")
+    parser.add_argument("--json", default="bench_training.json", help="where the timings are written")
+    parser.add_argument("--plot", default="bench_training.png", help="where the figure is written")
     parser.add_argument("--child", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 """An H3 trained on short sequences, evaluated and generating with 16k-64k tokens of context.
 
+Example:
     python scripts/check_long_context.py --model_dir runs/ih256 --json benchmarks/long_context.json
 
 For each context length L, ``--prompts`` sequences of L tokens: earlier examples of the model's synthetic task
@@ -11,7 +12,6 @@ the growth of the process's resident memory while decoding, and ms per step. Acc
 distant past) is the reference row.
 """
 
-import argparse
 import functools
 import json
 import os
@@ -20,6 +20,7 @@ import time
 import torch
 from bench_common import machine, trained_synthetic_run
 from bench_generation import cache_tensors
+from script_utils import ScriptArgumentParser
 
 from h3_hf import H3ForCausalLM
 from h3_hf.data.synthetics import load_synthetic
@@ -91,13 +92,13 @@ def measure(model, build, prompts: int, batch: int, context: int, decode_tokens:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptArgumentParser(__doc__)
     parser.add_argument("--model_dir", required=True, help="an H3 trained by scripts/train_synthetic.py")
-    parser.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768, 65536])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768, 65536], help="context lengths L")
     parser.add_argument("--prompts", type=int, default=64, help="scored prompts per context")
     parser.add_argument("--batch", type=int, default=8, help="prompts prefilled together (and decoded together)")
-    parser.add_argument("--decode_tokens", type=int, default=256)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--decode_tokens", type=int, default=256, help="greedy steps after each prefill")
+    parser.add_argument("--json", default=None, help="also write the results here (default: print only)")
     args = parser.parse_args()
     torch.manual_seed(0)
     results, data = trained_synthetic_run(args.model_dir)

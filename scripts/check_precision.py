@@ -1,5 +1,6 @@
 """Half precision against float32: fp16 and bf16, as autocast and as weights loaded with ``dtype=``.
 
+Example:
     python scripts/check_precision.py --json benchmarks/precision.json [--model_dir runs/ar]
 
 Part 1: H3 (LM), S4D and S5 (classifiers) of width 64, 2 layers, random weights, one sequence of ``--length``
@@ -10,12 +11,12 @@ task's test split in float32, bf16 weights and bf16 autocast; prints the share o
 float32 and each precision's answer accuracy.
 """
 
-import argparse
 import json
 import tempfile
 
 import torch
 from bench_common import machine, trained_synthetic_run
+from script_utils import ScriptArgumentParser
 
 from h3_hf import (
     H3Config,
@@ -101,12 +102,13 @@ def part_two(model_dir: str, new_tokens: int) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--length", type=int, default=16384)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--model_dir", default=None, help="an H3 trained by scripts/train_synthetic.py")
-    parser.add_argument("--new_tokens", type=int, default=8)
-    parser.add_argument("--json", default=None)
+    parser = ScriptArgumentParser(__doc__)
+    parser.add_argument("--length", type=int, default=16384, help="sequence length of part 1")
+    parser.add_argument("--width", type=int, default=64, help="model width of part 1")
+    parser.add_argument("--model_dir", default=None,
+                        help="an H3 trained by scripts/train_synthetic.py, for part 2 (default: part 1 only)")
+    parser.add_argument("--new_tokens", type=int, default=8, help="tokens generated per prompt in part 2")
+    parser.add_argument("--json", default=None, help="also write the results here (default: print only)")
     args = parser.parse_args()
     rows = part_one(args.length, args.width)
     print(f"\nForward + backward at L = {args.length}, width {args.width}, 2 layers, {machine()}")

@@ -14,7 +14,6 @@ OUTPUT_DIR/comparison.md (validation perplexity, mean ± std over the seeds) and
 (validation loss against training tokens and against wall time; perplexity against evaluation length).
 """
 
-import argparse
 import json
 import math
 import statistics
@@ -22,23 +21,25 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_lm  # noqa: E402
+from script_utils import ScriptArgumentParser, add_threads_argument  # noqa: E402
 
 MODELS = ("h3", "h3-hybrid", "gpt2", "mamba")
 
 
-class OneLineErrors(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+def default_models() -> list[str]:
+    return list(MODELS) if torch.cuda.is_available() else [m for m in MODELS if m != "mamba"]
 
 
 def parse_args(argv):
-    parser = OneLineErrors(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ScriptArgumentParser(__doc__)
     parser.add_argument("--output_dir", type=Path, required=True)
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="(default: all four)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=default_models(), help="(default: all four "
+                        "on a GPU; without one h3, h3-hybrid and gpt2: transformers' Mamba trains with a slow "
+                        "reference implementation on CPUs)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="(default: 1 2 3)")
     parser.add_argument("--dataset_name", default="stdlib-docstrings", help="a saved datasets folder or 'stdlib' / "
                         "'stdlib-docstrings' (default: stdlib-docstrings, the docstrings of this interpreter's "
@@ -54,7 +55,7 @@ def parse_args(argv):
     parser.add_argument("--eval_multiples", nargs="+", type=int, default=[1, 4, 16], help="(default: 1 4 16)")
     parser.add_argument("--eval_batch_tokens", type=int, default=8192, help="tokens per evaluation batch "
                         "(default: 8192)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     for name in ("target_parameters", "num_hidden_layers", "block_size", "max_steps", "batch_size"):
         if getattr(args, name) <= 0:
@@ -74,7 +75,7 @@ def model_flags(model: str, layers: int) -> list[str]:
 
 def parameter_count(model: str, hidden_size: int, layers: int, tokenizer, block_size: int) -> int:
     """Parameters of ``model`` at ``hidden_size`` (built on the meta device, nothing allocated)."""
-    parser = train_lm.HfArgumentParser(train_lm.ModelArguments)
+    parser = HfArgumentParser(train_lm.ModelArguments)
     (args,) = parser.parse_args_into_dataclasses(args=[*model_flags(model, layers), "--hidden_size", str(hidden_size)])
     with torch.device("meta"):
         return sum(p.numel() for p in train_lm.build_model(args, tokenizer, block_size).parameters())
@@ -147,8 +148,6 @@ def plot(summary: dict, path: Path, eval_lengths: list[int]):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     texts = train_lm.load_texts(train_lm.DataArguments(dataset_name=args.dataset_name))
     tokenizer_dir = args.output_dir / "tokenizer"
@@ -169,7 +168,8 @@ def main(argv=None):
                 str(run_dir), *model_flags(model, args.num_hidden_layers), "--hidden_size", str(widths[model][0]),
                 "--block_size", str(args.block_size), "--max_steps", str(args.max_steps),
                 "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
-                "--seed", str(seed), "--eval_steps", str(max(1, args.max_steps // 10))])
+                "--seed", str(seed), "--eval_steps", str(max(1, args.max_steps // 10)),
+                *(["--threads", str(args.threads)] if args.threads else [])])
             results["tokens_per_step"] = args.batch_size * args.block_size
             results["perplexity_at"] = {str(n): perplexity_at_length(run_dir, validation_texts, n,
                                                                      args.eval_batch_tokens) for n in eval_lengths}

@@ -12,7 +12,6 @@ reloaded with AutoModelForCausalLM / AutoTokenizer, scored on the test split and
 model.generate() and pipeline("text-generation").
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -31,9 +30,17 @@ from transformers import (
 )
 from transformers.utils import logging
 
-import h3_hf  # noqa: F401  (registers the Auto classes)
-from h3_hf import H3Config, H3ForCausalLM
-from h3_hf.data.synthetics import answer_accuracy, load_synthetic, synthetic_parameters, synthetic_tokenizer
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from script_utils import ScriptArgumentParser, add_threads_argument, set_threads  # noqa: E402
+
+import h3_hf  # noqa: E402,F401  (registers the Auto classes)
+from h3_hf import H3Config, H3ForCausalLM  # noqa: E402
+from h3_hf.data.synthetics import (  # noqa: E402
+    answer_accuracy,
+    load_synthetic,
+    synthetic_parameters,
+    synthetic_tokenizer,
+)
 
 TASK = "associative_recall"
 
@@ -60,24 +67,21 @@ class StopAtAccuracyOrTime(TrainerCallback):
             control.should_training_stop = True
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str]):
+    parser = ScriptArgumentParser(__doc__)
     parser.add_argument("--output_dir", default=None, help="where the model is saved (default: a new temporary "
                         "folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the model (default: 0)")
     parser.add_argument("--target_accuracy", type=float, default=0.99, help="stop when the validation accuracy "
                         "reaches it (default: 0.99)")
-    parser.add_argument("--max_seconds", type=float, default=100.0, help="stop training after this many seconds "
-                        "(default: 100)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1, or what OMP_NUM_THREADS "
-                        "says; one thread is as fast as two for this small model and stays fast on a busy machine)")
+    parser.add_argument("--max_seconds", type=float, default=150.0, help="stop training after this many seconds "
+                        "(default: 150)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     if not 0 < args.target_accuracy <= 1:
         parser.error(f"--target_accuracy must be in (0, 1], got {args.target_accuracy}")
     if args.max_seconds <= 0:
         parser.error(f"--max_seconds must be > 0, got {args.max_seconds}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
     return args
 
 
@@ -118,8 +122,7 @@ def train(args, output_dir: str):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.threads is not None or "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(args.threads or 1)
+    set_threads(args.threads)
     logging.set_verbosity_warning()
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="h3hf-demo-")
     print(f"Training H3 (2 layers, width 32) on associative recall, seed {args.seed}, {torch.get_num_threads()} "
@@ -142,10 +145,10 @@ def main(argv=None):
     print(f"\nReloaded with AutoModelForCausalLM; model.generate() answers {np.mean(generated == answers):.1%} of the "
           f"{len(answers)} test prompts (chance: {chance:.0%}). The first five:")
     for prompt, answer, guess in list(zip(prompts, answers, generated))[:5]:
-        verdict = "ok" if guess == answer else f"WRONG, expected {tokenizer.decode([answer])}"
-        print(f"  {tokenizer.decode(prompt)}  ->  {tokenizer.decode([guess])}   ({verdict})")
+        verdict = "ok" if guess == answer else f"WRONG, expected {tokenizer.decode([answer]).strip()}"
+        print(f"  {tokenizer.decode(prompt).strip()}  ->  {tokenizer.decode([guess]).strip()}   ({verdict})")
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
-    text = tokenizer.decode(prompts[0])
+    text = tokenizer.decode(prompts[0]).strip()
     out = generator(text, max_new_tokens=1, do_sample=False, return_full_text=False)
     print(f"\npipeline('text-generation')({text!r}) -> {out[0]['generated_text'].strip()!r}")
 

@@ -1,29 +1,30 @@
 """Where an H3 training step spends its time: torch.profiler over forward + backward, ops sorted by self CPU time.
 
+Example:
     python scripts/profile_training.py                       # the bench_training.py H3 (d=256, 4 layers) at L = 8192
     python scripts/profile_training.py --length 1024 --steps 3 --rows 30
 
 One warm-up step, then ``--steps`` profiled steps; the table shows per-step milliseconds (totals / steps).
 """
 
-import argparse
 import time
 
 import torch
+from script_utils import ScriptArgumentParser
 from torch.profiler import ProfilerActivity, profile
 
 import h3_hf
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--length", type=int, default=8192)
-    parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=25)
+    parser = ScriptArgumentParser(__doc__)
+    parser.add_argument("--length", type=int, default=8192, help="sequence length")
+    parser.add_argument("--hidden-size", type=int, default=256, help="model width")
+    parser.add_argument("--layers", type=int, default=4, help="layers")
+    parser.add_argument("--vocab", type=int, default=1024, help="vocabulary size")
+    parser.add_argument("--batch", type=int, default=1, help="batch size")
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps after one warm-up step")
+    parser.add_argument("--rows", type=int, default=25, help="ops listed")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)

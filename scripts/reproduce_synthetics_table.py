@@ -1,41 +1,198 @@
-"""Reproduce the H3 paper's synthetic-language table: tasks x models x seeds with train_synthetic.py.
+"""Reproduce the H3 paper's synthetic-language table: tasks x models x seeds, each run by train_synthetic.py.
 
+Example:
     python scripts/reproduce_synthetics_table.py --output_dir runs/synthetics --jobs 2
+    python scripts/reproduce_synthetics_table.py --output_dir runs/ar --tasks associative_recall --seeds 0 \\
+        -- --loss_on all --num_train_epochs 40
 
-Each run is a separate ``train_synthetic.py`` process (``--jobs`` at a time, one thread each). Runs whose
-``results.json`` already exists are reused, so an interrupted grid resumes. Writes
-OUTPUT_DIR/synthetics_table.md and OUTPUT_DIR/synthetics_table.json (test accuracy mean ± std over
-seeds, steps and seconds per run). Extra flags after ``--`` go to every run.
+Each run is a separate train_synthetic.py process (--jobs at a time, --threads each) writing to
+OUTPUT_DIR/TASK-MODEL-seedSEED/ (its log: train.log; the flags it was made with: run_args.json). Options after
+"--" go to every run. A run whose results.json exists is reused when it was made with the same flags, so an
+interrupted grid resumes; made with other flags, the script stops and names them, unless --overwrite is given
+(then the run is trained again). Writes OUTPUT_DIR/synthetics_table.md and OUTPUT_DIR/synthetics_table.json:
+test accuracy, the mean and standard deviation over seeds, steps and seconds per run.
 """
 
-import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from script_utils import ScriptArgumentParser, positive_int  # noqa: E402
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_synthetic.py")
 TASKS = ("induction_head", "associative_recall", "mqar")
 MODELS = ("s4d", "h3_shift_only", "h3_diag_only", "h3", "attention")
 PAPER = {"induction_head": {"s4d": 35.6, "h3": 100.0, "attention": 100.0},
          "associative_recall": {"s4d": 86.0, "h3": 99.8, "attention": 100.0}}
+RUN_RECORD = "run_args.json"
 
 
-def run_one(task: str, model: str, seed: int, output_dir: str, extra: list[str]) -> dict:
-    run_dir = os.path.join(output_dir, f"{task}-{model}-seed{seed}")
-    results_path = os.path.join(run_dir, "results.json")
-    if not os.path.exists(results_path):
-        os.makedirs(run_dir, exist_ok=True)
-        cmd = [sys.executable, SCRIPT, "--task", task, "--model", model, "--seed", str(seed),
-               "--output_dir", run_dir, *extra]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        with open(os.path.join(run_dir, "train.log"), "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
-    with open(results_path) as f:
+@dataclass
+class Run:
+    """One cell of the grid: a train_synthetic.py run and the flags it is made with (all but the output folder
+    and the threads, which do not change its results)."""
+
+    task: str
+    model: str
+    seed: int
+    run_dir: str
+    flags: list[str]
+
+    @property
+    def results_path(self) -> str:
+        """Its results.json, written by train_synthetic.py at the end of the run."""
+        return os.path.join(self.run_dir, "results.json")
+
+    def command(self, threads: int | None) -> list[str]:
+        """The train_synthetic.py command line; no progress bar (the output goes to train.log)."""
+        extra = [] if threads is None else ["--threads", str(threads)]
+        return [sys.executable, SCRIPT, "--output_dir", self.run_dir, "--disable_tqdm", "true", *extra, *self.flags]
+
+
+def parse_args(argv: list[str]):
+    parser = ScriptArgumentParser(__doc__, usage="%(prog)s --output_dir OUTPUT_DIR [--tasks TASK ...] "
+                                  "[--models MODEL ...] [--seeds N ...] [OPTION ...] [-- TRAIN_SYNTHETIC_OPTION ...]")
+    parser.add_argument("--output_dir", required=True, help="folder of the runs and the table")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, metavar="TASK",
+                        help=f"the rows of the table, one or more of {', '.join(TASKS)} (default: all)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, metavar="MODEL",
+                        help=f"the columns of the table, one or more of {', '.join(MODELS)} (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of every cell")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads of each run (default: 1, or torch's own choice when OMP_NUM_THREADS is set)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train again the runs of OUTPUT_DIR that were made with other flags")
+    parser.add_argument("--summarize_only", action="store_true",
+                        help="train nothing: tabulate the runs of OUTPUT_DIR that have a results.json")
+    parser.add_argument("--target_accuracy", type=float, default=1.0,
+                        help="each run stops once its validation accuracy reaches this (<= 0: never)")
+    return parser, parser.parse_args(argv)
+
+
+def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(this script's arguments, the train_synthetic.py options after "--")."""
+    if "--" not in argv:
+        return argv, []
+    return argv[:argv.index("--")], argv[argv.index("--") + 1:]
+
+
+def plan_runs(args, extra: list[str]) -> list[Run]:
+    """Every (task, model, seed) of the grid with its run folder and flags."""
+    if args.target_accuracy > 0:
+        extra = ["--target_accuracy", str(args.target_accuracy), *extra]
+    return [Run(task, model, seed, os.path.join(args.output_dir, f"{task}-{model}-seed{seed}"),
+                ["--task", task, "--model", model, "--seed", str(seed), *extra])
+            for task in args.tasks for model in args.models for seed in args.seeds]
+
+
+def flag_values(flags: list[str]) -> dict[str, str]:
+    """{"--name": "value"} of a train_synthetic.py flag list (a flag's value: the words up to the next --flag;
+    the last occurrence wins, as in argparse)."""
+    values, name = {}, None
+    for word in flags:
+        if word.startswith("--"):
+            name, _, value = word.partition("=")
+            values[name] = value
+        elif name is not None:
+            values[name] = f"{values[name]} {word}".strip()
+    return values
+
+
+def differing_flags(before: list[str], now: list[str]) -> list[str]:
+    """Each flag whose value differs between two flag lists, as "--name (A before, B now)"."""
+    old, new = flag_values(before), flag_values(now)
+
+    def shown(values: dict[str, str], name: str) -> str:
+        return "not given" if name not in values else values[name] or "set"  # "set": a flag without a value
+
+    return [f"{name} ({shown(old, name)} before, {shown(new, name)} now)"
+            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+
+
+def recorded_flags(run: Run) -> list[str] | None:
+    """The flags in the run folder's record, or None when there is none."""
+    path = os.path.join(run.run_dir, RUN_RECORD)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["flags"]
+
+
+def changed_runs(runs: list[Run]) -> list[tuple[Run, str]]:
+    """(run, what differs) for every finished run of OUTPUT_DIR that was made with other flags than now, or
+    without a record of its flags."""
+    changed = []
+    for run in runs:
+        if not os.path.exists(run.results_path):
+            continue  # never finished: it is trained (again) anyway
+        before = recorded_flags(run)
+        if before is None:
+            changed.append((run, f"no record of its flags ({RUN_RECORD})"))
+        elif differences := differing_flags(before, run.flags):  # the same values in another order: the same run
+            changed.append((run, "; ".join(differences)))
+    return changed
+
+
+def train(run: Run, threads: int | None) -> dict | None:
+    """Train one run, its flags recorded first; its results, or None if it failed."""
+    os.makedirs(run.run_dir, exist_ok=True)
+    command = run.command(threads)
+    with open(os.path.join(run.run_dir, RUN_RECORD), "w") as f:
+        json.dump({"flags": run.flags, "command": command}, f, indent=2)
+    with open(os.path.join(run.run_dir, "train.log"), "w") as log:
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if finished.returncode != 0 or not os.path.exists(run.results_path):
+        return None
+    return load_results(run)
+
+
+def load_results(run: Run) -> dict:
+    """The run's results.json."""
+    with open(run.results_path) as f:
         return json.load(f)
+
+
+class Progress:
+    """Prints one line per finished run: "[3/30] associative_recall h3 seed 0: 99.8% in 1,250 steps, 41 s"."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.lock = total, 0, threading.Lock()
+
+    def report(self, run: Run, results: dict | None, reused: bool):
+        with self.lock:
+            self.done += 1
+            name = f"[{self.done}/{self.total}] {run.task} {run.model} seed {run.seed}"
+            if results is None:
+                print(f"{name}: failed, see {os.path.join(run.run_dir, 'train.log')}", flush=True)
+            else:
+                print(f"{name}: {100 * results['eval_accuracy']:.1f}% in {results['global_step']:,} steps, "
+                      f"{results['train_runtime']:.0f} s" + (" (reused)" if reused else ""), flush=True)
+
+
+def run_grid(runs: list[Run], jobs: int, threads: int | None) -> tuple[list[dict], list[Run]]:
+    """Train the runs that have no results yet, ``jobs`` at a time, and reuse the others; (the results of every
+    run that has some, the runs that failed)."""
+    progress = Progress(len(runs))
+
+    def one(run: Run) -> dict | None:
+        reused = os.path.exists(run.results_path)
+        results = load_results(run) if reused else train(run, threads)
+        progress.report(run, results, reused)
+        return results
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = list(pool.map(one, runs))
+    failed = [run for run, results in zip(runs, outcomes) if results is None]
+    return [results for results in outcomes if results is not None], failed
 
 
 def summarize(results: list[dict]) -> dict:
@@ -48,7 +205,7 @@ def summarize(results: list[dict]) -> dict:
         for model, runs in models.items():
             acc = [100 * r["eval_accuracy"] for r in runs]
             summary[task][model] = {
-                "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else None,
                 "accuracies": acc, "seeds": [r["seed"] for r in runs],
                 "steps_mean": statistics.mean(r["global_step"] for r in runs),
                 "seconds_mean": statistics.mean(r["train_runtime"] for r in runs),
@@ -57,6 +214,13 @@ def summarize(results: list[dict]) -> dict:
                                 if k in ("vocab_size", "seq_len", "num_kv_pairs", "num_examples")},
             }
     return summary
+
+
+def accuracy_cell(cell: dict) -> str:
+    """"99.8 ± 0.2" over several seeds, "99.8 (1 seed)" for one."""
+    if len(cell["accuracies"]) == 1:
+        return f"{cell['accuracy_mean']:.1f} (1 seed)"
+    return f"{cell['accuracy_mean']:.1f} ± {cell['accuracy_std']:.1f}"
 
 
 def to_markdown(summary: dict, models: list[str]) -> str:
@@ -71,54 +235,58 @@ def to_markdown(summary: dict, models: list[str]) -> str:
             if model not in row:
                 cells.append("–")
                 continue
-            s = row[model]
             paper = PAPER.get(task, {}).get(model)
-            cells.append(f"{s['accuracy_mean']:.1f} ± {s['accuracy_std']:.1f}" + (f" ({paper})" if paper else ""))
+            cells.append(accuracy_cell(row[model]) + (f" ({paper})" if paper else ""))
         lines.append(f"| {name} | {next(iter(row.values()))['random_baseline']:.1f} | " + " | ".join(cells) + " |")
     steps = ["| task | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for task, row in summary.items():
         steps.append(f"| {task} | " + " | ".join(
             f"{row[m]['steps_mean']:.0f} steps, {row[m]['seconds_mean']:.0f} s" if m in row else "–" for m in models)
             + " |")
-    return "\n".join(lines) + "\n\nMean training steps and seconds per run (one CPU thread each):\n\n" + \
-        "\n".join(steps) + "\n"
+    return "\n".join(lines) + "\n\nMean training steps and seconds per run:\n\n" + "\n".join(steps) + "\n"
+
+
+def table_header(seeds: list[int], command: str | None, wall: float, jobs: int, reused: int, total: int) -> str:
+    """The lines above the table: what the numbers are and, after training, the command that made them."""
+    if len(seeds) == 1:
+        header = f"Test accuracy (%) of seed {seeds[0]}; the paper's number in parentheses.\n"
+    else:
+        header = f"Test accuracy (%), mean ± std over seeds {seeds}; the paper's number in parentheses.\n"
+    if command is not None:
+        header += f"Command: `{command}`; wall time {wall / 60:.1f} min with {jobs} parallel runs"
+        header += f" ({reused} of {total} runs reused from earlier calls).\n" if reused else ".\n"
+    return header + "\n"
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     command = "python scripts/reproduce_synthetics_table.py " + " ".join(argv)
-    extra = []
-    if "--" in argv:
-        extra = argv[argv.index("--") + 1:]
-        argv = argv[:argv.index("--")]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
-    parser.add_argument("--summarize_only", action="store_true",
-                        help="train nothing: tabulate the runs of OUTPUT_DIR that have a results.json")
-    parser.add_argument("--target_accuracy", type=float, default=1.0,
-                        help="each run stops once its validation accuracy reaches this (<= 0: never)")
-    args = parser.parse_args(argv)
-    if args.target_accuracy > 0:
-        extra = ["--target_accuracy", str(args.target_accuracy), *extra]
-    grid = [(t, m, s) for t in args.tasks for m in args.models for s in args.seeds]
+    own, extra = split_extra(argv)
+    parser, args = parse_args(own)
+    runs = plan_runs(args, extra)
     start = time.time()
+    reused = 0
     if args.summarize_only:
-        paths = [os.path.join(args.output_dir, f"{t}-{m}-seed{s}", "results.json") for t, m, s in grid]
-        results = [json.load(open(p)) for p in paths if os.path.exists(p)]
+        results = [load_results(run) for run in runs if os.path.exists(run.results_path)]
     else:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(lambda job: run_one(*job, args.output_dir, extra), grid))
+        changed = changed_runs(runs)
+        if changed and not args.overwrite:
+            run, why = changed[0]
+            more = f" (and {len(changed) - 1} more runs)" if len(changed) > 1 else ""
+            parser.error(f"{run.run_dir} was made with other flags: {why}{more}; pass --overwrite to train it "
+                         "again, or choose another --output_dir")
+        for run, why in changed:
+            print(f"training {run.run_dir} again (--overwrite): {why}", flush=True)
+            shutil.rmtree(run.run_dir)
+        reused = sum(os.path.exists(run.results_path) for run in runs)
+        results, failed = run_grid(runs, args.jobs, args.threads)
+        if failed:
+            parser.exit(1, f"{parser.prog}: error: {len(failed)} of {len(runs)} runs failed, e.g. "
+                           f"{failed[0].run_dir} (see its train.log)\n")
     wall = time.time() - start
     summary = summarize(results)
     markdown = to_markdown(summary, args.models)
-    header = f"Test accuracy (%), mean ± std over seeds {args.seeds}; the paper's number in parentheses.\n"
-    if not args.summarize_only:
-        header += f"Command: `{command}`; wall time {wall / 60:.1f} min with {args.jobs} parallel runs.\n"
-    header += "\n"
+    header = table_header(args.seeds, None if args.summarize_only else command, wall, args.jobs, reused, len(runs))
     with open(os.path.join(args.output_dir, "synthetics_table.md"), "w") as f:
         f.write(header + markdown)
     with open(os.path.join(args.output_dir, "synthetics_table.json"), "w") as f:

@@ -1,17 +1,20 @@
-"""Train an SSM sequence classifier with transformers' Trainer.
+"""Train an S4D or S5 sequence classifier with transformers' Trainer (sequential digits, irregular digits, ListOps).
 
+Example:
     python scripts/train_classifier.py --model s4d --dataset digits --output_dir runs/s4d-digits
     python scripts/train_classifier.py --model s4d --dataset listops --output_dir runs/s4d-listops
     python scripts/train_classifier.py --model s5 --dataset digits --output_dir runs/s5-digits
     python scripts/train_classifier.py --model s5 --dataset digits_irregular --output_dir runs/s5-irregular
     python scripts/train_classifier.py --model s5 --dataset digits_irregular --use_timesteps false ...
 
-``digits_irregular`` drops 30% of each image's pixels at random; S5 gets the gaps as ``timesteps``
-unless ``--use_timesteps false`` (same data, same budget: the comparison of the S5 paper).
+digits: scikit-learn's 8x8 digits read as length-64 pixel sequences (1438 train / 359 test images).
+digits_irregular drops 30% of each image's pixels at random; S5 gets the gaps as timesteps unless
+--use_timesteps false (same data, same budget: the comparison of the S5 paper). listops: generated ListOps
+expressions (tokens), classified by their value 0-9.
 
-Any TrainingArguments flag can be added (``--learning_rate``, ``--num_train_epochs``, ``--seed``...);
-per-dataset defaults (below) are used for the ones not given. Writes OUTPUT_DIR/results.json
-(eval_accuracy, train_runtime, config, ...), the model (safetensors + config) and
+The defaults below are the ones a run uses; some depend on --dataset and --model (the S5 paper's learning rate and
+weight decay for S5). A progress bar shows the steps. Writes OUTPUT_DIR/results.json (eval_accuracy,
+train_runtime, config, ...), the model (safetensors + config, with the ListOps tokenizer) and
 OUTPUT_DIR/kernels_layer0.png (the learned SSM kernels of the first layer).
 """
 
@@ -21,9 +24,26 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments, default_data_collator
+from script_utils import (
+    ThreadArguments,
+    TrainingClock,
+    check_checkpoint_folder,
+    checkpoint_training_seconds,
+    classification_accuracy,
+    defaults_by_choice,
+    flag_value,
+    parse_trainer_arguments,
+    save_results,
+    set_threads,
+    trainer_argument_parser,
+    training_summary,
+    usage_errors,
+)
+from transformers import TrainingArguments, default_data_collator
 
 from h3_hf import S4DConfig, S4DForSequenceClassification, S5Config, S5ForSequenceClassification, create_ssm_optimizer
+from h3_hf.configuration_s4d import S4D_DISCRETIZATIONS, S4D_INITS, S4D_POOLINGS
+from h3_hf.configuration_s5 import S5_ACTIVATIONS
 from h3_hf.data import (
     LISTOPS_VOCAB,
     PaddingCollator,
@@ -33,74 +53,120 @@ from h3_hf.data import (
     load_sequential_digits,
 )
 from h3_hf.model_card import ModelCardTrainer
-from h3_hf.training import (
-    classification_accuracy,
-    flag_value,
-    save_results,
-    training_summary,
-    with_default_flags,
-)
 
 MODELS = ("s4d", "s5")
 DATASETS = ("digits", "digits_irregular", "listops")
+DEFAULT_MODEL, DEFAULT_DATASET = "s4d", "digits"
 
-# Defaults per dataset, used for every flag (TrainingArguments, model or data) the command line does not set.
-TRAINING_DEFAULTS = {
-    "digits": dict(learning_rate=1e-2, weight_decay=0.01, num_train_epochs=30, per_device_train_batch_size=32,
-                   per_device_eval_batch_size=128, warmup_steps=45, lr_scheduler_type="cosine"),
+# Defaults per dataset (TrainingArguments, model or data options); options given on the command line win.
+DIGITS_DEFAULTS = dict(learning_rate=1e-2, weight_decay=0.01, num_train_epochs=30, per_device_train_batch_size=32,
+                       per_device_eval_batch_size=128, warmup_steps=45, lr_scheduler_type="cosine")
+DATASET_DEFAULTS = {
+    "digits": DIGITS_DEFAULTS,
+    "digits_irregular": DIGITS_DEFAULTS,
     "listops": dict(learning_rate=1e-2, weight_decay=0.05, num_train_epochs=4, per_device_train_batch_size=32,
                     per_device_eval_batch_size=64, warmup_steps=60, lr_scheduler_type="cosine",
                     train_sampling_strategy="group_by_length",
-                    # model/data defaults for ListOps: a two-sided kernel and enough examples to escape
-                    # the majority-class plateau within a few CPU minutes
-                    bidirectional=True, dropout=0.0, listops_train_size=12000, listops_max_length=500),
+                    # a two-sided kernel helps ListOps (the value depends on the whole expression)
+                    bidirectional=True, dropout=0.0),
 }
-TRAINING_DEFAULTS["digits_irregular"] = TRAINING_DEFAULTS["digits"]
 # Per-model defaults (the S5 paper's lr / weight decay), applied over the dataset's.
-MODEL_DEFAULTS = {"s5": dict(learning_rate=4e-3, weight_decay=0.05)}
+MODEL_DEFAULTS = {"s4d": {}, "s5": dict(learning_rate=4e-3, weight_decay=0.05)}
 COMMON_DEFAULTS = dict(eval_strategy="epoch", save_strategy="no", logging_steps=25, report_to="none",
                        dataloader_num_workers=0, dataloader_pin_memory=False, max_grad_norm=1.0)
 
 
+def by_choice(key: str, fallback) -> str:
+    """The defaults of option ``key`` per --dataset and --model, for its help text."""
+    text = defaults_by_choice(DATASET_DEFAULTS, key, fallback)
+    overrides = [f"{defaults[key]} for --model {model}" for model, defaults in MODEL_DEFAULTS.items()
+                 if key in defaults]
+    return text + (f"; {', '.join(overrides)}" if overrides else "")
+
+
 @dataclass
 class ModelArguments:
-    model: str = field(default="s4d", metadata={"help": f"one of {MODELS}"})
-    hidden_size: int = field(default=64)
-    num_hidden_layers: int = field(default=4)
-    state_size: int = field(default=64)
-    init: str = field(default="inv", metadata={"help": "inv, lin or legs"})
-    discretization: str = field(default="zoh", metadata={"help": "zoh or bilinear"})
-    bidirectional: bool = field(default=False)
-    dropout: float = field(default=0.1)
-    prenorm: bool = field(default=True)
-    pooling: str = field(default="mean", metadata={"help": "mean or last"})
+    _argument_group_name = "model"
+    model: str = field(default=DEFAULT_MODEL, metadata={"choices": MODELS, "help": "the SSM of every layer"})
+    hidden_size: int = field(default=64, metadata={"help": "model width"})
+    num_hidden_layers: int = field(default=4, metadata={"help": "layers"})
+    state_size: int = field(default=64, metadata={"help": "SSM state size"})
+    init: str = field(default="inv", metadata={"choices": S4D_INITS, "help": "S4D: initialisation of A"})
+    discretization: str = field(default="zoh", metadata={"choices": S4D_DISCRETIZATIONS,
+                                                          "help": "discretization of the SSM"})
+    bidirectional: bool = field(default=False, metadata={
+        "help": f"two-sided SSM kernels (default: {by_choice('bidirectional', False)})"})
+    dropout: float = field(default=0.1, metadata={"help": f"dropout (default: {by_choice('dropout', 0.1)})"})
+    prenorm: bool = field(default=True, metadata={"help": "layer norm before each block (false: after it)"})
+    pooling: str = field(default="mean", metadata={"choices": S4D_POOLINGS,
+                                                   "help": "how the sequence is reduced to one vector"})
     ssm_lr: float = field(default=1e-3, metadata={"help": "learning rate of the SSM parameters (no weight decay)"})
     blocks: int = field(default=4, metadata={"help": "S5: HiPPO-N blocks J"})
-    conj_sym: bool = field(default=True, metadata={"help": "S5: conjugate symmetry"})
-    s5_activation: str = field(default="half_glu1", metadata={"help": "S5: half_glu1, half_glu2, full_glu, gelu"})
+    conj_sym: bool = field(default=True, metadata={"help": "S5: conjugate symmetry (half the state stored)"})
+    s5_activation: str = field(default="half_glu1", metadata={"choices": S5_ACTIVATIONS,
+                                                              "help": "S5: activation after the SSM"})
 
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="digits", metadata={"help": f"one of {DATASETS}"})
-    listops_train_size: int = field(default=4000)
-    listops_test_size: int = field(default=500)
-    listops_min_length: int = field(default=100)
-    listops_max_length: int = field(default=1000)
-    data_seed_listops: int = field(default=0)
+    _argument_group_name = "data"
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"choices": DATASETS, "help": "the task"})
+    listops_train_size: int = field(default=12000, metadata={
+        "help": "listops: training examples (enough to leave the majority-class plateau within a few CPU minutes)"})
+    listops_test_size: int = field(default=500, metadata={"help": "listops: test examples"})
+    listops_min_length: int = field(default=100, metadata={"help": "listops: shortest expression (tokens)"})
+    listops_max_length: int = field(default=500, metadata={"help": "listops: longest expression (tokens)"})
+    data_seed_listops: int = field(default=0, metadata={"help": "listops: seed of the generated data"})
     drop_fraction: float = field(default=0.3, metadata={"help": "digits_irregular: fraction of pixels dropped"})
-    use_timesteps: bool = field(default=True, metadata={"help": "digits_irregular: give S5 the gaps as timesteps"})
+    use_timesteps: bool = field(default=True, metadata={
+        "help": "digits_irregular: give S5 the gaps as timesteps (S4D needs --use_timesteps false)"})
 
 
-def default_args(argv: list[str]) -> list[str]:
-    """Put the dataset's default flags before the user's, so the user's win (argparse keeps the last)."""
-    dataset = flag_value(argv, "dataset", "digits")
-    model = flag_value(argv, "model", "s4d")
-    return with_default_flags(argv, {**COMMON_DEFAULTS, **TRAINING_DEFAULTS.get(dataset, {}),
-                                     **MODEL_DEFAULTS.get(model, {})})
+# The TrainingArguments listed by --help: those the script sets (their defaults are the script's) and a few often
+# given ones; --help-all lists the rest.
+TRAINER_OPTIONS = {
+    "output_dir": "folder of the model, results.json and kernels_layer0.png (default: trainer_output)",
+    "seed": "seed of the model's initialisation and the batch order",
+    "learning_rate": f"peak AdamW learning rate (default: {by_choice('learning_rate', 5e-5)})",
+    "weight_decay": f"AdamW weight decay; biases, norms and SSM parameters get none "
+                    f"(default: {by_choice('weight_decay', 0.0)})",
+    "num_train_epochs": f"training epochs (default: {by_choice('num_train_epochs', 3)})",
+    "max_steps": "if > 0: train this many steps, whatever --num_train_epochs says",
+    "per_device_train_batch_size": "training batch size (per process)",
+    "per_device_eval_batch_size": f"evaluation batch size, per process "
+                                  f"(default: {by_choice('per_device_eval_batch_size', 8)})",
+    "lr_scheduler_type": "learning-rate schedule after the warm-up: cosine, linear, constant, ...",
+    "warmup_steps": f"warm-up steps; below 1, a fraction of all steps (default: {by_choice('warmup_steps', 0)})",
+    "train_sampling_strategy": f"order of the training examples; group_by_length batches expressions of similar "
+                               f"length (default: {by_choice('train_sampling_strategy', 'random')})",
+    "eval_strategy": "when the test accuracy is computed during training",
+    "logging_steps": "steps between logged training losses",
+    "save_strategy": "when checkpoints are saved (steps: every --save_steps, for --resume_from_checkpoint)",
+    "max_grad_norm": "gradient clipping norm",
+    "resume_from_checkpoint": "continue the run from this checkpoint-N folder of OUTPUT_DIR",
+    "push_to_hub": "upload the model, its code and a model card at the end (repo: --hub_model_id)",
+    "disable_tqdm": "hide the progress bar (default: shown)",
+    "report_to": "experiment trackers to log to",
+    "dataloader_num_workers": "data-loading worker processes (0: in the training process)",
+    "dataloader_pin_memory": "pin batches in memory (for GPU training)",
+}
+
+
+def script_defaults(dataset: str, model: str) -> dict:
+    """The defaults of a run of ``model`` on ``dataset`` (unknown names get the common ones; parsing rejects them)."""
+    return {**COMMON_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {}), **MODEL_DEFAULTS.get(model, {})}
+
+
+def build_parser(dataset: str, model: str):
+    """The command-line parser, its defaults those of a run of ``model`` on ``dataset``."""
+    return trainer_argument_parser(
+        __doc__, (ModelArguments, DataArguments, ThreadArguments, TrainingArguments),
+        usage="%(prog)s [--model MODEL] [--dataset DATASET] [--output_dir OUTPUT_DIR] [OPTION VALUE ...]",
+        defaults=script_defaults(dataset, model), trainer_options=TRAINER_OPTIONS)
 
 
 def build_data(data_args: DataArguments):
+    """(DatasetDict, the config fields the data fixes, the data collator) of ``--dataset``."""
     if data_args.dataset == "digits":
         data = load_sequential_digits()
         return data, dict(input_size=1, num_labels=10), default_data_collator
@@ -115,19 +181,23 @@ def build_data(data_args: DataArguments):
     return data, dict(vocab_size=len(LISTOPS_VOCAB), num_labels=10, pad_token_id=0), PaddingCollator(0)
 
 
-def build_model(model_args: ModelArguments, data_kwargs: dict):
+def build_config(model_args: ModelArguments, data_kwargs: dict) -> S4DConfig | S5Config:
+    """The classifier's config from the model options and the fields the data fixes."""
+    common = dict(hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
+                  state_size=model_args.state_size, discretization=model_args.discretization,
+                  bidirectional=model_args.bidirectional, dropout=model_args.dropout, prenorm=model_args.prenorm,
+                  pooling=model_args.pooling, **data_kwargs)
     if model_args.model == "s5":
-        config = S5Config(hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
-                          state_size=model_args.state_size, blocks=model_args.blocks, conj_sym=model_args.conj_sym,
-                          discretization=model_args.discretization, bidirectional=model_args.bidirectional,
-                          activation=model_args.s5_activation, dropout=model_args.dropout,
-                          prenorm=model_args.prenorm, pooling=model_args.pooling, **data_kwargs)
+        return S5Config(blocks=model_args.blocks, conj_sym=model_args.conj_sym, activation=model_args.s5_activation,
+                        **common)
+    return S4DConfig(init=model_args.init, **common)
+
+
+def build_model(model_args: ModelArguments, data_kwargs: dict):
+    """A new classifier of :func:`build_config`."""
+    config = build_config(model_args, data_kwargs)
+    if model_args.model == "s5":
         return S5ForSequenceClassification(config)
-    config = S4DConfig(hidden_size=model_args.hidden_size, num_hidden_layers=model_args.num_hidden_layers,
-                       state_size=model_args.state_size, init=model_args.init,
-                       discretization=model_args.discretization, bidirectional=model_args.bidirectional,
-                       dropout=model_args.dropout, prenorm=model_args.prenorm, pooling=model_args.pooling,
-                       **data_kwargs)
     return S4DForSequenceClassification(config)
 
 
@@ -165,25 +235,27 @@ def plot_kernels(model, path: str, num_channels: int = 8):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=default_args(argv))
-    if model_args.model not in MODELS:
-        raise ValueError(f"--model must be one of {MODELS}, got {model_args.model!r}")
-    if data_args.dataset not in DATASETS:
-        raise ValueError(f"--dataset must be one of {DATASETS}, got {data_args.dataset!r}")
+    parser = build_parser(flag_value(argv, "dataset", DEFAULT_DATASET), flag_value(argv, "model", DEFAULT_MODEL))
+    model_args, data_args, threads, training_args = parse_trainer_arguments(parser, argv)
     if data_args.dataset == "digits_irregular" and data_args.use_timesteps and model_args.model != "s5":
-        raise ValueError("--dataset digits_irregular with timesteps needs --model s5 (a convolution kernel cannot "
-                         "take per-position steps); pass --use_timesteps false for S4D")
+        parser.error("--dataset digits_irregular with timesteps needs --model s5 (a convolution kernel cannot "
+                     "take per-position steps); pass --use_timesteps false for S4D")
+    check_checkpoint_folder(parser, training_args.resume_from_checkpoint)
+    set_threads(threads.threads)
     torch.manual_seed(training_args.seed)
-    data, data_kwargs, collator = build_data(data_args)
-    model = build_model(model_args, data_kwargs)
+    with usage_errors(parser):  # the data loaders check their options
+        data, data_kwargs, collator = build_data(data_args)
+    with usage_errors(parser):  # the config checks the model options
+        model = build_model(model_args, data_kwargs)
     optimizer = create_ssm_optimizer(model, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
                                      ssm_lr=model_args.ssm_lr,
                                      betas=(training_args.adam_beta1, training_args.adam_beta2),
                                      eps=training_args.adam_epsilon)
+    seconds_before = checkpoint_training_seconds(training_args.resume_from_checkpoint)
     trainer = ModelCardTrainer(model=model, args=training_args, train_dataset=data["train"],
                                eval_dataset=data["test"], data_collator=collator,
                                compute_metrics=classification_accuracy, optimizers=(optimizer, None),
+                               callbacks=[TrainingClock(seconds_before)],
                                processing_class=listops_tokenizer() if data_args.dataset == "listops" else None)
     start = time.time()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -193,7 +265,8 @@ def main(argv=None):
         "dataset": data_args.dataset,
         "eval_accuracy": metrics["eval_accuracy"],
         "eval_loss": metrics["eval_loss"],
-        "train_runtime": train_result.metrics["train_runtime"],
+        # the whole run's training time: a resumed run adds the time recorded in its checkpoint
+        "train_runtime": seconds_before + train_result.metrics["train_runtime"],
         "wall_time": time.time() - start,
         "global_step": train_result.global_step,
         "num_parameters": sum(p.numel() for p in model.parameters()),

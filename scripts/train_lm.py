@@ -37,7 +37,6 @@ from transformers import (
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
-    HfArgumentParser,
     MambaConfig,
     MambaForCausalLM,
     PreTrainedTokenizerFast,
@@ -47,10 +46,21 @@ from transformers import (
     default_data_collator,
 )
 
-import h3_hf  # noqa: F401  (registers the Auto classes)
-from h3_hf import H3Config, H3ForCausalLM
-from h3_hf.data.text_corpus import CORPUS_KINDS, load_stdlib_corpus
-from h3_hf.model_card import ModelCardTrainer
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from script_utils import (  # noqa: E402
+    ThreadArguments,
+    TrainingClock,
+    check_checkpoint_folder,
+    checkpoint_training_seconds,
+    parse_trainer_arguments,
+    set_threads,
+    trainer_argument_parser,
+)
+
+import h3_hf  # noqa: E402,F401  (registers the Auto classes)
+from h3_hf import H3Config, H3ForCausalLM  # noqa: E402
+from h3_hf.data.text_corpus import CORPUS_KINDS, load_stdlib_corpus  # noqa: E402
+from h3_hf.model_card import ModelCardTrainer  # noqa: E402
 
 MODEL_TYPES = ("h3", "gpt2", "mamba")
 END_OF_TEXT = "<|endoftext|>"
@@ -61,10 +71,29 @@ SCRIPT_DEFAULTS = dict(learning_rate=2e-3, weight_decay=0.1, per_device_train_ba
                        per_device_eval_batch_size=16, lr_scheduler_type="cosine", warmup_steps=0.05, max_steps=400,
                        eval_strategy="steps", eval_steps=100, logging_steps=20, save_strategy="no", report_to="none",
                        dataloader_num_workers=0, dataloader_pin_memory=False, max_grad_norm=1.0)
+TRAINER_OPTIONS = {
+    "output_dir": "folder of the model, tokenizer, results.json and loss_curve.png",
+    "seed": "seed of the model's initialisation and the batch order",
+    "learning_rate": "peak AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "max_steps": "optimizer steps (training tokens = steps x batch x processes x --block_size)",
+    "per_device_train_batch_size": "training batch size (per process)",
+    "per_device_eval_batch_size": "evaluation batch size (per process)",
+    "lr_scheduler_type": "learning-rate schedule after the warm-up: cosine, linear, constant, ...",
+    "warmup_steps": "warm-up steps; below 1, a fraction of all steps",
+    "eval_steps": "steps between validation losses",
+    "logging_steps": "steps between logged training losses",
+    "save_strategy": "when checkpoints are saved (steps: every --save_steps, for --resume_from_checkpoint)",
+    "resume_from_checkpoint": "continue the run saved in this checkpoint-N folder",
+    "bf16": "bfloat16 mixed precision (the SSM math stays float32)",
+    "report_to": "experiment trackers (none, tensorboard, wandb, ...)",
+    "push_to_hub": "upload the model, tokenizer and card when done",
+}
 
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model"
     model_type: str = field(default="h3", metadata={"help": "architecture trained from scratch",
                                                     "choices": list(MODEL_TYPES)})
     model_name_or_path: str | None = field(default=None, metadata={
@@ -80,6 +109,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data and tokenizer"
     train_file: list[str] | None = field(default=None, metadata={"help": "plain-text training file(s)"})
     validation_file: list[str] | None = field(default=None, metadata={"help": "plain-text validation file(s)"})
     dataset_name: str | None = field(default=None, metadata={
@@ -247,10 +277,14 @@ def plot_losses(log_history: list[dict], path: str, title: str):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__)
-    parser.set_defaults(**SCRIPT_DEFAULTS)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = trainer_argument_parser(
+        __doc__, (ModelArguments, DataArguments, ThreadArguments, TrainingArguments),
+        usage="%(prog)s (--train_file F --validation_file F | --dataset_name NAME) [OPTION VALUE ...]",
+        defaults=SCRIPT_DEFAULTS, trainer_options=TRAINER_OPTIONS)
+    model_args, data_args, threads, training_args = parse_trainer_arguments(parser, argv)
     check_args(model_args, data_args)
+    check_checkpoint_folder(parser, training_args.resume_from_checkpoint)
+    set_threads(threads.threads)
 
     texts = load_texts(data_args)
     if data_args.tokenizer_name or model_args.model_name_or_path:
@@ -269,10 +303,11 @@ def main(argv=None):
     else:
         model = build_model(model_args, tokenizer, data_args.block_size)
     use_causal_lm_loss(model)
+    seconds_before = checkpoint_training_seconds(training_args.resume_from_checkpoint)
     trainer_class = ModelCardTrainer if isinstance(model, H3ForCausalLM) else Trainer
     trainer = trainer_class(model=model, args=training_args, train_dataset=blocks["train"],
                             eval_dataset=blocks["validation"], data_collator=default_data_collator,
-                            processing_class=tokenizer, callbacks=[ElapsedTime()])
+                            processing_class=tokenizer, callbacks=[ElapsedTime(), TrainingClock(seconds_before)])
     start = time.time()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = trainer.evaluate()
@@ -284,7 +319,8 @@ def main(argv=None):
         "perplexity": math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 50 else float("inf"),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "train_tokens": train_result.global_step * global_batch * data_args.block_size,
-        "train_runtime": train_result.metrics["train_runtime"],
+        # the whole run's training time: a resumed run adds the time recorded in its checkpoint
+        "train_runtime": seconds_before + train_result.metrics["train_runtime"],
         "wall_time": time.time() - start,
         "global_step": train_result.global_step,
         "train_blocks": len(blocks["train"]),
@@ -292,6 +328,7 @@ def main(argv=None):
         "vocab_size": len(tokenizer),
         "seed": training_args.seed,
         "dataset": data_args.dataset_name or "text files",
+        "example_prompt": tokenizer.decode(blocks["validation"][0]["input_ids"][:8]),
         "data_args": asdict(data_args),
         "model_args": asdict(model_args),
         "log_history": trainer.state.log_history,

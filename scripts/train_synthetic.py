@@ -1,16 +1,20 @@
-"""Train a small causal LM on a synthetic task of the H3 paper with transformers' Trainer.
+"""Train a small causal LM on a synthetic task of the H3 paper (induction head, associative recall, MQAR).
 
+Example:
     python scripts/train_synthetic.py --task induction_head --model h3 --output_dir runs/ih-h3
     python scripts/train_synthetic.py --task associative_recall --model s4d --output_dir runs/ar-s4d --seed 1
 
-Models share one backbone (H3Config/H3ForCausalLM, the paper's 2 layers of width 32 by default):
-"h3"; "attention" (every mixer causal attention, rotary positions); "s4d" (gelu(diag_ssm(x)), S4D-Inv,
-ZOH); the ablations "h3_shift_only" and "h3_diag_only". Training loss: next-token cross-entropy on
-every position (``--loss_on all``, the paper's protocol) or only on the scored ones (``answer``, the
-default at CPU budgets). Validation accuracy is checked every ``--eval_steps``; ``--target_accuracy`` stops
-training once it is reached. Writes OUTPUT_DIR/results.json (test ``eval_accuracy``, steps,
-runtime, model size, task parameters), OUTPUT_DIR/training_curve.png, the model and the tokenizer
-(so ``pipeline("text-generation", OUTPUT_DIR)`` works).
+Models share one backbone (H3Config/H3ForCausalLM, the paper's 2 layers of width 32 by default): "h3";
+"attention" (every mixer causal attention, rotary positions); "s4d" (gelu(diag_ssm(x)), S4D-Inv, ZOH); the
+ablations "h3_shift_only" and "h3_diag_only". Training loss: next-token cross-entropy on every position
+(--loss_on all, the paper's protocol) or only on the scored answers (--loss_on answer, the default: at CPU
+budgets it gets H3 to the paper's accuracy on every seed within minutes). The validation accuracy is checked
+every --eval_steps; --target_accuracy stops training once it is reached. A progress bar shows the steps.
+
+The defaults below are the ones a run uses (tuned for a 2-core CPU; the paper trains at learning rate 5e-4 for
+400 epochs). Writes OUTPUT_DIR/results.json (test eval_accuracy, steps, train_runtime, model size, task
+parameters), OUTPUT_DIR/training_curve.png, the model and the tokenizer (so that
+pipeline("text-generation", OUTPUT_DIR) works).
 """
 
 import os
@@ -20,7 +24,22 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, default_data_collator
+from script_utils import (
+    ThreadArguments,
+    TrainingClock,
+    check_checkpoint_folder,
+    checkpoint_training_seconds,
+    defaults_by_choice,
+    flag_value,
+    one_line,
+    parse_trainer_arguments,
+    save_results,
+    set_threads,
+    trainer_argument_parser,
+    training_summary,
+    usage_errors,
+)
+from transformers import TrainerCallback, TrainingArguments, default_data_collator
 
 from h3_hf import H3Config, H3ForCausalLM, create_ssm_optimizer
 from h3_hf.data.synthetics import (
@@ -30,63 +49,112 @@ from h3_hf.data.synthetics import (
     synthetic_parameters,
     synthetic_tokenizer,
 )
+from h3_hf.data.synthetics import TASK_DEFAULTS as TASK_PARAMETERS
 from h3_hf.model_card import ModelCardTrainer
-from h3_hf.training import flag_value, save_results, training_summary, with_default_flags
 
 MODELS = ("h3", "attention", "s4d", "h3_shift_only", "h3_diag_only")
 LOSS_ON = ("all", "answer")
+DEFAULT_TASK = "associative_recall"
 
-# Tuned for a 2-core CPU (the paper: lr 5e-4 for 400 epochs); flags given on the command line win.
+# Tuned for a 2-core CPU (the paper: lr 5e-4 for 400 epochs); options given on the command line win.
 COMMON_DEFAULTS = dict(learning_rate=3e-3, weight_decay=0.1, per_device_train_batch_size=32,
                        per_device_eval_batch_size=250, lr_scheduler_type="cosine", warmup_steps=0.1,
                        eval_strategy="steps", eval_steps=250, logging_steps=50, save_strategy="no",
                        report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
-                       max_grad_norm=1.0, disable_tqdm=True)
-# The paper trains on the next-token loss of every position (``--loss_on all``) for 200-400 epochs. At CPU
-# budgets the loss on the scored answer (``--loss_on answer``, as in Zoology's MQAR) is what gets H3 to the
-# paper's accuracy on every seed within minutes, so it is the default; ``--loss_on all`` is the paper's protocol
-# (README: both tables). The SSM parameters train at --learning_rate (a separate, lower --ssm_lr slowed the
-# shift/diagonal SSMs enough to leave associative recall on a plateau for some seeds).
+                       max_grad_norm=1.0)
+# The paper trains on the next-token loss of every position (--loss_on all) for 200-400 epochs. At CPU budgets the
+# loss on the scored answer (--loss_on answer, as in Zoology's MQAR) is what gets H3 to the paper's accuracy on every
+# seed within minutes, so it is the default (the dataclass's); --loss_on all is the paper's protocol (README: both
+# tables). The SSM parameters train at --learning_rate (a separate, lower --ssm_lr slowed the shift/diagonal SSMs
+# enough to leave associative recall on a plateau for some seeds).
 TASK_DEFAULTS = {
-    "induction_head": dict(num_train_epochs=60, loss_on="answer"),
-    "associative_recall": dict(num_train_epochs=80, loss_on="answer"),
+    "induction_head": dict(num_train_epochs=60),
+    "associative_recall": dict(num_train_epochs=80),
     # a CPU-sized MQAR (Zoology's sweep starts at vocabulary 8192, length 64, 4 pairs, 100k examples)
-    "mqar": dict(num_train_epochs=12, loss_on="answer", vocab_size=64, seq_len=64, num_kv_pairs=4,
-                 num_train=10000),
+    "mqar": dict(num_train_epochs=12, vocab_size=64, seq_len=64, num_kv_pairs=4, num_train=10000),
 }
+
+
+def by_task(key: str, fallback=None) -> str:
+    """The defaults of option ``key`` per task, for its help text (task parameters the script leaves to the task
+    come from h3_hf.data.synthetics)."""
+    table = {task: {**TASK_PARAMETERS[task], **TASK_DEFAULTS[task]} for task in SYNTHETIC_TASKS}
+    return defaults_by_choice(table, key, fallback)
 
 
 @dataclass
 class SyntheticArguments:
-    task: str = field(default="associative_recall", metadata={"help": f"one of {SYNTHETIC_TASKS}"})
-    model: str = field(default="h3", metadata={"help": f"one of {MODELS}"})
-    vocab_size: int | None = field(default=None, metadata={"help": "task vocabulary incl. '=>' and '.'"})
-    seq_len: int | None = field(default=None, metadata={"help": "input length (the paper's)"})
-    num_kv_pairs: int | None = field(default=None, metadata={"help": "mqar only"})
-    num_train: int = field(default=5000)
-    num_validation: int = field(default=500)
-    num_test: int = field(default=500)
-    dataset_seed: int | None = field(default=None, metadata={"help": "dataset seed (default: --seed)"})
-    hidden_size: int = field(default=32)
-    num_hidden_layers: int = field(default=2)
-    state_size: int = field(default=64)
-    num_attention_heads: int = field(default=4)
-    embedding_dropout: float = field(default=0.1)
+    _argument_group_name = "task, data and model"
+    task: str = field(default=DEFAULT_TASK, metadata={"choices": SYNTHETIC_TASKS, "help": "the synthetic task"})
+    model: str = field(default="h3", metadata={"choices": MODELS, "help": "the sequence mixer of both layers"})
+    vocab_size: int | None = field(default=None, metadata={
+        "help": f"task vocabulary, '=>' and '.' included (default: {by_task('vocab_size')})"})
+    seq_len: int | None = field(default=None, metadata={
+        "help": f"input length (default: {by_task('seq_len')}; the paper's for the first two)"})
+    num_kv_pairs: int | None = field(default=None, metadata={
+        "help": f"key-value pairs per example, mqar only (default: {TASK_DEFAULTS['mqar']['num_kv_pairs']})"})
+    num_train: int = field(default=5000, metadata={
+        "help": f"training examples (default: {by_task('num_train', 5000)})"})
+    num_validation: int = field(default=500, metadata={"help": "validation examples (checked every --eval_steps)"})
+    num_test: int = field(default=500, metadata={"help": "test examples (results.json's eval_accuracy)"})
+    dataset_seed: int | None = field(default=None, metadata={"help": "seed of the dataset (default: --seed)"})
+    hidden_size: int = field(default=32, metadata={"help": "model width"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "layers"})
+    state_size: int = field(default=64, metadata={"help": "SSM state size"})
+    num_attention_heads: int = field(default=4, metadata={"help": "heads of --model attention"})
+    embedding_dropout: float = field(default=0.1, metadata={"help": "dropout after the embeddings"})
     ssm_lr: float | None = field(default=None, metadata={
-        "help": "learning rate of the SSM parameters (no weight decay); default: --learning_rate"})
-    loss_on: str = field(default="answer", metadata={"help": f"one of {LOSS_ON}: training positions in the loss"})
-    target_accuracy: float | None = field(default=None, metadata={"help": "stop once validation reaches it"})
+        "help": "learning rate of the SSM parameters (no weight decay; default: --learning_rate)"})
+    loss_on: str = field(default="answer", metadata={
+        "choices": LOSS_ON, "help": "positions in the training loss: every one (the paper's) or the scored answers"})
+    target_accuracy: float | None = field(default=None, metadata={
+        "help": "stop once the validation accuracy reaches it (default: train to the end)"})
     init_from: str | None = field(default=None, metadata={
-        "help": "start from the model saved in this folder (e.g. a run at a shorter --seq_len) instead of a fresh one"})
+        "help": "start from the model saved in this folder (e.g. a run at a shorter --seq_len; default: a new model)"})
 
 
-def default_args(argv: list[str]) -> list[str]:
-    task = flag_value(argv, "task", "associative_recall")
-    return with_default_flags(argv, {**COMMON_DEFAULTS, **TASK_DEFAULTS.get(task, {})})
+# The TrainingArguments listed by --help: those the script sets (their defaults are the script's) and a few often
+# given ones; --help-all lists the rest.
+TRAINER_OPTIONS = {
+    "output_dir": "folder of the model, tokenizer, results.json and training_curve.png (default: trainer_output)",
+    "seed": "seed of the model's initialisation, the batch order and (unless --dataset_seed) the dataset",
+    "learning_rate": "peak AdamW learning rate",
+    "weight_decay": "AdamW weight decay (biases, norms and SSM parameters get none)",
+    "num_train_epochs": f"training epochs (default: {by_task('num_train_epochs')})",
+    "max_steps": "if > 0: train this many steps, whatever --num_train_epochs says",
+    "per_device_train_batch_size": "training batch size (per process)",
+    "per_device_eval_batch_size": "evaluation batch size (per process)",
+    "lr_scheduler_type": "learning-rate schedule after the warm-up: cosine, linear, constant, ...",
+    "warmup_steps": "warm-up steps; below 1, a fraction of all steps",
+    "eval_strategy": "when the validation accuracy is checked",
+    "eval_steps": "steps between validation checks",
+    "logging_steps": "steps between logged training losses",
+    "save_strategy": "when checkpoints are saved (steps: every --save_steps, for --resume_from_checkpoint)",
+    "max_grad_norm": "gradient clipping norm",
+    "resume_from_checkpoint": "continue the run from this checkpoint-N folder of OUTPUT_DIR",
+    "push_to_hub": "upload the model, its code, the tokenizer and a model card at the end (repo: --hub_model_id)",
+    "disable_tqdm": "hide the progress bar (default: shown)",
+    "report_to": "experiment trackers to log to",
+    "dataloader_num_workers": "data-loading worker processes (0: in the training process)",
+    "dataloader_pin_memory": "pin batches in memory (for GPU training)",
+}
 
 
-def build_model(args: SyntheticArguments, vocab_size: int, pad_token_id: int) -> H3ForCausalLM:
-    """The shared 2-layer backbone with the mixer the ``--model`` flag names."""
+def script_defaults(task: str) -> dict:
+    """The defaults of a run on ``task`` (an unknown task gets the common ones; parsing then rejects it)."""
+    return {**COMMON_DEFAULTS, **TASK_DEFAULTS.get(task, {})}
+
+
+def build_parser(task: str):
+    """The command-line parser, its defaults those of a run on ``task``."""
+    return trainer_argument_parser(
+        __doc__, (SyntheticArguments, ThreadArguments, TrainingArguments),
+        usage="%(prog)s [--task TASK] [--model MODEL] [--output_dir OUTPUT_DIR] [OPTION VALUE ...]",
+        defaults=script_defaults(task), trainer_options=TRAINER_OPTIONS)
+
+
+def build_config(args: SyntheticArguments, vocab_size: int, pad_token_id: int) -> H3Config:
+    """The shared 2-layer backbone's config with the mixer the ``--model`` option names."""
     kwargs = dict(mixer_type="h3")
     if args.model == "attention":
         kwargs.update(attn_layer_idx=list(range(args.num_hidden_layers)),
@@ -95,11 +163,15 @@ def build_model(args: SyntheticArguments, vocab_size: int, pad_token_id: int) ->
         kwargs.update(mixer_type="s4d", discretization="zoh")
     elif args.model != "h3":
         kwargs.update(mixer_type=args.model)
-    config = H3Config(vocab_size=vocab_size, pad_vocab_size_multiple=1, hidden_size=args.hidden_size,
-                      num_hidden_layers=args.num_hidden_layers, state_size=args.state_size,
-                      num_attention_heads=args.num_attention_heads, embedding_dropout=args.embedding_dropout,
-                      resid_dropout=0.0, pad_token_id=pad_token_id, eos_token_id=None, bos_token_id=None, **kwargs)
-    return H3ForCausalLM(config)
+    return H3Config(vocab_size=vocab_size, pad_vocab_size_multiple=1, hidden_size=args.hidden_size,
+                    num_hidden_layers=args.num_hidden_layers, state_size=args.state_size,
+                    num_attention_heads=args.num_attention_heads, embedding_dropout=args.embedding_dropout,
+                    resid_dropout=0.0, pad_token_id=pad_token_id, eos_token_id=None, bos_token_id=None, **kwargs)
+
+
+def build_model(args: SyntheticArguments, vocab_size: int, pad_token_id: int) -> H3ForCausalLM:
+    """A new model of :func:`build_config`."""
+    return H3ForCausalLM(build_config(args, vocab_size, pad_token_id))
 
 
 def preprocess_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -148,30 +220,37 @@ def plot_curve(log_history: list[dict], path: str, title: str):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((SyntheticArguments, TrainingArguments))
-    args, training_args = parser.parse_args_into_dataclasses(args=default_args(argv))
-    if args.model not in MODELS:
-        raise ValueError(f"--model must be one of {MODELS}, got {args.model!r}")
-    if args.loss_on not in LOSS_ON:
-        raise ValueError(f"--loss_on must be one of {LOSS_ON}, got {args.loss_on!r}")
+    parser = build_parser(flag_value(argv, "task", DEFAULT_TASK))
+    args, threads, training_args = parse_trainer_arguments(parser, argv)
+    check_folders(parser, args, training_args)
+    set_threads(threads.threads)
     data_seed = training_args.seed if args.dataset_seed is None else args.dataset_seed
-    data = load_synthetic(args.task, num_train=args.num_train, num_validation=args.num_validation,
-                          num_test=args.num_test, seed=data_seed,
-                          vocab_size=args.vocab_size, seq_len=args.seq_len, num_kv_pairs=args.num_kv_pairs)
+    with usage_errors(parser):  # the task's parameters are checked by the generator
+        data = load_synthetic(args.task, num_train=args.num_train, num_validation=args.num_validation,
+                              num_test=args.num_test, seed=data_seed, vocab_size=args.vocab_size,
+                              seq_len=args.seq_len, num_kv_pairs=args.num_kv_pairs)
     params = synthetic_parameters(data)
     tokenizer = synthetic_tokenizer(params["vocab_size"])
     train = data["train"]
     if args.loss_on == "all":
         train = train.map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
     torch.manual_seed(training_args.seed)
-    model = build_model(args, len(tokenizer), tokenizer.pad_token_id)
+    with usage_errors(parser):  # the config checks the model options
+        model = build_model(args, len(tokenizer), tokenizer.pad_token_id)
     if args.init_from is not None:  # same architecture required: load_state_dict is strict
-        model.load_state_dict(H3ForCausalLM.from_pretrained(args.init_from).state_dict())
+        try:
+            model.load_state_dict(H3ForCausalLM.from_pretrained(args.init_from).state_dict())
+        except (OSError, RuntimeError, ValueError) as err:
+            parser.error(f"argument --init_from: {args.init_from} holds no H3 model of this --model and size "
+                         f"({one_line(err)[:300]})")
     optimizer = create_ssm_optimizer(model, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
                                      ssm_lr=args.ssm_lr,  # None: the main learning rate
                                      betas=(training_args.adam_beta1, training_args.adam_beta2),
                                      eps=training_args.adam_epsilon)
-    callbacks = [StopAtAccuracy(args.target_accuracy)] if args.target_accuracy is not None else []
+    seconds_before = checkpoint_training_seconds(training_args.resume_from_checkpoint)
+    callbacks = [TrainingClock(seconds_before)]
+    if args.target_accuracy is not None:
+        callbacks.append(StopAtAccuracy(args.target_accuracy))
     trainer = ModelCardTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=data["validation"],
                                data_collator=default_data_collator, compute_metrics=compute_metrics,
                                preprocess_logits_for_metrics=preprocess_logits, optimizers=(optimizer, None),
@@ -188,7 +267,8 @@ def main(argv=None):
         "test_loss": test["test_loss"],
         "global_step": train_result.global_step,
         "epochs": train_result.global_step / max(1, len(trainer.get_train_dataloader())),
-        "train_runtime": train_result.metrics["train_runtime"],
+        # the whole run's training time: a resumed run adds the time recorded in its checkpoint
+        "train_runtime": seconds_before + train_result.metrics["train_runtime"],
         "wall_time": time.time() - start,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "random_baseline": random_baseline(data["test"]),
@@ -207,6 +287,13 @@ def main(argv=None):
                    f"{args.model} on {args.task} (test accuracy {results['eval_accuracy']:.1%})")
     trainer.save_with_card(results)  # model, code, tokenizer, README.md card; uploaded with --push_to_hub
     return results
+
+
+def check_folders(parser, args: SyntheticArguments, training_args: TrainingArguments) -> None:
+    """One-line errors for --init_from / --resume_from_checkpoint folders that do not exist."""
+    if args.init_from is not None and not os.path.isdir(args.init_from):
+        parser.error(f"argument --init_from: no folder {args.init_from} (expected the OUTPUT_DIR of an earlier run)")
+    check_checkpoint_folder(parser, training_args.resume_from_checkpoint)
 
 
 def example_prompt(example: dict, tokenizer) -> str:

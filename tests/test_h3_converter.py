@@ -3,9 +3,11 @@
 import os
 import sys
 
+import pytest
 import torch
 
 from h3_hf import H3ForCausalLM
+from h3_hf.conversion import convert_checkpoint, load_official_checkpoint
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 import convert_h3_original_checkpoint  # noqa: E402
@@ -131,3 +133,44 @@ def test_old_layout_and_lightning_wrapper_give_the_same_model(tmp_path):
         ref = new(ids).logits
         assert torch.equal(wrapped(ids).logits, ref)
         assert torch.equal(old(ids).logits, ref)
+
+
+class CodeOnLoad:
+    """A pickle that would run a shell command when unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
+    path, marker = tmp_path / "model.pt", tmp_path / "pwned"
+    torch.save({**official_state_dict(), "extra": CodeOnLoad(marker)}, path)
+    with pytest.raises(ValueError, match=r"refused by torch.load\(weights_only=True\)"):
+        load_official_checkpoint(str(path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda sd: sd.pop("backbone.layers.0.mlp.fc1.weight"), "no tensor 'backbone.layers.0.mlp.fc1.weight'"),
+    (lambda sd: sd.pop("backbone.layers.0.mixer.kernel.kernel.log_dt"), "kernel.kernel.log_dt"),
+    (lambda sd: sd.update({"backbone.layers.0.mlp.fc2.weight": torch.zeros(3, 3)}), "tensor shapes do not fit"),
+    (lambda sd: sd.update({"backbone.layers.0.mixer.surprise": torch.zeros(1)}), "unexpected 'backbone.layers.0"),
+    (lambda sd: sd.update({"backbone.embeddings.word_embeddings.weight": torch.zeros(4)}), "has shape (4,)"),
+])
+def test_a_damaged_state_dict_raises_a_clear_value_error(damage, words):
+    sd = official_state_dict()
+    damage(sd)
+    with pytest.raises(ValueError) as err:
+        convert_checkpoint(sd, num_attention_heads=HEADS)
+    assert words in str(err.value) and "expected an official H3 model.pt" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_old_layout_without_its_first_norm_raises_a_clear_value_error():
+    old = old_layout(official_state_dict())
+    del old["s4seq.encoder.norm.weight"]  # its bias still marks the older layout
+    with pytest.raises(ValueError, match="no tensor 'backbone.norm.weight'"):
+        convert_checkpoint(old, num_attention_heads=HEADS)

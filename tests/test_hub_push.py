@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from concurrent.futures import Future
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -204,17 +205,19 @@ def test_training_script_push_uploads_the_h3hf_model_card(hub, tmp_path):
     assert evaluation.metric_type == "accuracy"
     assert evaluation.metric_value == pytest.approx(results["eval_accuracy"], abs=1e-4)
     assert "## Evaluation results" in card.text and "## Citation" in card.text
+    generation = json.loads(commit["files"]["generation_config.json"])  # the pipeline's default call answers
+    assert generation["max_new_tokens"] == 1 and generation["do_sample"] is False
 
 
 @pytest.mark.parametrize("kind", ["h3", "s4d", "s5"])
 def test_model_card_metadata_and_usage_code(kind, tmp_path):
-    """The card's YAML parses into the Hub's metadata classes and its "How to use" code runs as written."""
+    """The card's YAML parses into the Hub's metadata classes and its "How to use" code (with the package, and with
+    trust_remote_code) runs as written."""
     model = small_model(kind)
     model.save_pretrained(tmp_path)
-    if kind == "h3":
-        synthetic_tokenizer(10).save_pretrained(tmp_path)
+    synthetic_tokenizer(10).save_pretrained(tmp_path)
     results = {"eval_accuracy": 0.875, "dataset" if kind != "h3" else "task": "toy", "seed": 0}
-    card = build_model_card(model.config, results, model_id=str(tmp_path), has_tokenizer=kind == "h3")
+    card = build_model_card(model.config, results, model_id=str(tmp_path))
     card.save(tmp_path / "README.md")
     loaded = ModelCard.load(tmp_path / "README.md")
     metadata = loaded.data.to_dict()
@@ -224,8 +227,63 @@ def test_model_card_metadata_and_usage_code(kind, tmp_path):
     assert loaded.data.eval_results[0].metric_value == 0.875
     for section in ("## How to use", "## Training data", "## Evaluation results", "## Limitations", "## Citation"):
         assert section in loaded.text
-    (usage,) = re.findall(r"```python\n(.*?)```", loaded.text, flags=re.S)
-    exec(compile(usage, "model-card-usage", "exec"), {})
+    installed, remote = re.findall(r"```python\n(.*?)```", loaded.text, flags=re.S)
+    assert "import h3_hf" in installed and "trust_remote_code" not in installed
+    assert "import h3_hf" not in remote and remote.count("trust_remote_code=True") == 2  # model and tokenizer
+    for usage in (installed, remote):
+        exec(compile(usage, "model-card-usage", "exec"), {})
+
+
+def classifier_results(dataset: str, **data_args) -> dict:
+    """A results.json as scripts/train_classifier.py writes it: ``data_args`` holds the flags of every dataset."""
+    import train_classifier
+
+    return {"model": "s4d", "dataset": dataset, "eval_accuracy": 0.9, "train_size": 100, "test_size": 20,
+            "data_args": asdict(train_classifier.DataArguments(dataset=dataset, **data_args)),
+            "model_args": asdict(train_classifier.ModelArguments()),
+            "training_args": {"learning_rate": 0.01, "num_train_epochs": 30}}
+
+
+def test_card_of_a_real_valued_classifier_has_no_text_pipeline_and_only_its_dataset_settings(tmp_path):
+    """A digits run (pixels: input_size set, no vocabulary) gets pipeline_tag "other", not text-classification,
+    and lists none of the ListOps or irregular-sampling flags the script also records."""
+    out = tmp_path / "digits"
+    import train_classifier
+
+    results = train_classifier.main(["--model", "s4d", "--dataset", "digits", "--output_dir", str(out),
+                                     "--max_steps", "2", "--hidden_size", "8", "--state_size", "8",
+                                     "--num_hidden_layers", "1", "--log_level", "error", "--disable_tqdm", "true"])
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "other" and card.data.eval_results[0].task_type == "other"
+    assert "text-classification" not in card.content and "pipeline(" not in card.text
+    for unrelated in ("listops", "drop_fraction", "use_timesteps", "timesteps=", "vocab_size", "AutoTokenizer"):
+        assert unrelated not in card.text, unrelated
+    assert "| input_size | 1 |" in card.text and "8×8 digits" in card.text
+    assert f"train_examples={results['train_size']}" in card.text
+    (installed, _) = re.findall(r"```python\n(.*?)```", card.text, flags=re.S)
+    exec(compile(installed.replace('"your-username/s4d-digits"', repr(str(out))), "card-usage", "exec"), {})
+
+
+def test_card_settings_follow_the_dataset_of_the_run():
+    results = classifier_results("listops")
+    listops = build_model_card(S4DConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, state_size=4,
+                                         num_labels=10), results, has_tokenizer=True)
+    assert listops.data.pipeline_tag == "text-classification"
+    assert f"listops_max_length={results['data_args']['listops_max_length']}" in listops.text
+    assert "drop_fraction" not in listops.text and "timesteps" not in listops.text
+    irregular = build_model_card(S5Config(input_size=1, hidden_size=8, num_hidden_layers=1, state_size=4, blocks=2,
+                                          num_labels=10), classifier_results("digits_irregular", drop_fraction=0.3),
+                                 has_tokenizer=False)
+    assert irregular.data.pipeline_tag == "other"
+    assert "drop_fraction=0.3" in irregular.text and "use_timesteps=True" in irregular.text
+    assert "timesteps=gaps" in irregular.text and "listops" not in irregular.text
+    pure = build_model_card(H3Config(vocab_size=12, hidden_size=16, num_hidden_layers=2, state_size=4),
+                            {"task": "associative_recall", "task_params": {"vocab_size": 10, "seq_len": 20}})
+    assert "num_attention_heads" not in pure.text and "attn_layer_idx" not in pure.text
+    assert "vocab_size=10, seq_len=20" in pure.text
+    hybrid = build_model_card(H3Config(vocab_size=12, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                       state_size=4, attn_layer_idx=[1]))
+    assert "| attn_layer_idx | [1] |" in hybrid.text and "| num_attention_heads | 2 |" in hybrid.text
 
 
 def test_model_card_rejects_unknown_model_type():

@@ -1,5 +1,7 @@
-"""resume_from_checkpoint: a run resumed from its half-way checkpoint ends where the uninterrupted run ends."""
+"""resume_from_checkpoint: a run resumed from its half-way checkpoint ends where the uninterrupted run ends and
+reports the training time of the whole run."""
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +22,16 @@ CLASSIFIER = ["--model", "s5", "--dataset", "listops", "--hidden_size", "16", "-
               "--listops_min_length", "10", "--listops_max_length", "40", "--per_device_train_batch_size", "8"]
 
 
+def record_training_seconds(checkpoint: Path, seconds: float) -> float:
+    """Set the training seconds that ``checkpoint`` records (trainer_state.json); returns the recorded ones."""
+    path = checkpoint / "trainer_state.json"
+    state = json.loads(path.read_text())
+    clock = state["stateful_callbacks"]["TrainingClock"]["args"]
+    recorded, clock["seconds_before"] = clock["seconds_before"], seconds
+    path.write_text(json.dumps(state))
+    return recorded
+
+
 @pytest.mark.parametrize("script, flags", [(train_synthetic, SYNTHETIC), (train_classifier, CLASSIFIER)],
                          ids=["h3-synthetic", "s5-listops"])
 def test_resumed_run_matches_the_uninterrupted_run(script, flags, tmp_path):
@@ -29,9 +41,14 @@ def test_resumed_run_matches_the_uninterrupted_run(script, flags, tmp_path):
     # what an interrupted run leaves behind: only its step-4 checkpoint, in a folder of its own
     interrupted = tmp_path / "interrupted"
     shutil.copytree(full / f"checkpoint-{STEPS // 2}", interrupted / f"checkpoint-{STEPS // 2}")
+    first_half = record_training_seconds(interrupted / f"checkpoint-{STEPS // 2}", 1000.0)
     results = script.main([*common, "--output_dir", str(interrupted), "--save_strategy", "no",
                            "--resume_from_checkpoint", str(interrupted / f"checkpoint-{STEPS // 2}")])
     assert results["global_step"] == STEPS
+    # train_runtime is the whole run's: the first half's seconds (as the checkpoint records them) + the second's
+    full_runtime = json.loads((full / "results.json").read_text())["train_runtime"]
+    assert 0 < first_half < full_runtime
+    assert 1000.0 < results["train_runtime"] < 1000.0 + results["wall_time"]
 
     expected, resumed = load_file(str(full / "model.safetensors")), load_file(str(interrupted / "model.safetensors"))
     half_way = load_file(str(interrupted / f"checkpoint-{STEPS // 2}" / "model.safetensors"))

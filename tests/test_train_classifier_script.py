@@ -60,7 +60,7 @@ def test_small_s5_learns_sequential_digits(tmp_path):
     assert (tmp_path / "kernels_layer0.png").stat().st_size > 1000
 
 
-def test_irregular_digits_pass_timesteps_to_s5(tmp_path, monkeypatch):
+def test_irregular_digits_pass_timesteps_to_s5(tmp_path, monkeypatch, capsys):
     from h3_hf import S5ForSequenceClassification
 
     seen = []
@@ -80,5 +80,6 @@ def test_irregular_digits_pass_timesteps_to_s5(tmp_path, monkeypatch):
     seen.clear()
     train_classifier.main(common + ["--output_dir", str(tmp_path / "without"), "--use_timesteps", "false"])
     assert seen and all(s is None for s in seen)
-    with pytest.raises(ValueError, match="needs --model s5"):
+    with pytest.raises(SystemExit) as exit_info:
         train_classifier.main(["--model", "s4d", "--dataset", "digits_irregular", "--output_dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and "needs --model s5" in capsys.readouterr().err

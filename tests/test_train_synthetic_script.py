@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -73,12 +74,13 @@ def test_trained_model_answers_through_generate_and_pipeline(tmp_path):
     assert (generated.numpy() == answers).mean() > 0.4
     generator = pipeline("text-generation", model=model, tokenizer=tok)
     out = generator(prompts[:3], max_new_tokens=1, do_sample=False, return_full_text=False)
-    assert [o[0]["generated_text"].strip() for o in out] == [tok.decode([r]) for r in reference[:3]]
+    assert [o[0]["generated_text"].strip() for o in out] == [tok.decode([r]).strip() for r in reference[:3]]
 
 
-def test_bad_model_flag_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="--model must be one of"):
+def test_bad_model_flag_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         train_synthetic.main(["--task", "induction_head", "--model", "mamba", "--output_dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and "argument --model: invalid choice: 'mamba'" in capsys.readouterr().err
 
 
 def test_grid_script_summarises_runs(tmp_path):
@@ -90,6 +92,62 @@ def test_grid_script_summarises_runs(tmp_path):
     markdown = (tmp_path / "synthetics_table.md").read_text()
     assert "| associative_recall (10, 20) | 25.0 |" in markdown
     assert json.loads((tmp_path / "synthetics_table.json").read_text())["summary"]["associative_recall"]["h3"]
+    assert all((tmp_path / f"associative_recall-{m}-seed{s}" / "run_args.json").exists() for m in ("h3", "s4d")
+               for s in (0, 1))
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """reproduce_synthetics_table's runs without training: each train_synthetic.py command writes a results.json
+    at once. Returns the list of commands run."""
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        values = dict(zip(command[2::2], command[3::2]))  # the script's --flag value pairs
+        results = {"task": values["--task"], "model": values["--model"], "seed": int(values["--seed"]),
+                   "eval_accuracy": 0.998, "global_step": 10, "train_runtime": 1.5, "num_parameters": 100,
+                   "random_baseline": 0.25, "task_params": {"vocab_size": 10, "seq_len": 20}}
+        with open(os.path.join(values["--output_dir"], "results.json"), "w") as f:
+            json.dump(results, f)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(reproduce_synthetics_table.subprocess, "run", run)
+    return commands
+
+
+def test_grid_reuses_a_run_only_when_made_with_the_same_flags(tmp_path, fake_training, capsys):
+    grid = ["--output_dir", str(tmp_path), "--tasks", "associative_recall", "--models", "h3", "--seeds", "0"]
+    run_dir = tmp_path / "associative_recall-h3-seed0"
+    reproduce_synthetics_table.main([*grid, "--threads", "3", "--", "--num_train_epochs", "5"])
+    assert len(fake_training) == 1 and fake_training[0][fake_training[0].index("--threads") + 1] == "3"
+    out = capsys.readouterr().out
+    assert "99.8 (1 seed)" in out and "±" not in out and "Test accuracy (%) of seed 0" in out
+    assert json.loads((run_dir / "run_args.json").read_text())["flags"][-2:] == ["--num_train_epochs", "5"]
+
+    reproduce_synthetics_table.main([*grid, "--threads", "1", "--", "--num_train_epochs", "5"])  # same flags
+    assert len(fake_training) == 1 and "(reused)" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce_synthetics_table.main([*grid, "--", "--num_train_epochs", "8", "--loss_on", "all"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and len(fake_training) == 1
+    assert f"{run_dir} was made with other flags: --loss_on (not given before, all now); " \
+           f"--num_train_epochs (5 before, 8 now); pass --overwrite" in err
+
+    reproduce_synthetics_table.main([*grid, "--overwrite", "--", "--num_train_epochs", "8"])
+    assert len(fake_training) == 2 and f"training {run_dir} again (--overwrite)" in capsys.readouterr().out
+    assert json.loads((run_dir / "run_args.json").read_text())["flags"][-1] == "8"
+
+
+def test_grid_refuses_a_finished_run_without_a_record_of_its_flags(tmp_path, fake_training, capsys):
+    run_dir = tmp_path / "induction_head-s4d-seed1"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        reproduce_synthetics_table.main(["--output_dir", str(tmp_path), "--tasks", "induction_head", "--models",
+                                         "s4d", "--seeds", "1"])
+    assert "no record of its flags" in capsys.readouterr().err and not fake_training
 
 
 @pytest.mark.slow

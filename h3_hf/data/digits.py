@@ -22,7 +22,7 @@ def load_sequential_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset
 
     Each example has ``input_values`` (64, 1) float32 pixels scaled to [0, 1] in row-major order and
     ``labels`` in 0..9. The split is a fixed permutation from ``np.random.RandomState(seed)``
-    (default: 1437 train / 360 test examples).
+    (default: 1438 train / 359 test examples).
     """
     pixels, labels, train, test = _digits(test_fraction, seed)
     features = Features({"input_values": Sequence(Sequence(Value("float32"))), "labels": Value("int64")})
