@@ -2,11 +2,11 @@
 
 from transformers.configuration_utils import PreTrainedConfig
 
+from .ssm_init import DIAGONAL_INITS
+from .ssm_kernels import DISCRETIZATIONS
 from .validation import require, require_choice, require_common, require_positive, strict_config
 
-H3_DISCRETIZATIONS = ("zoh", "bilinear")
-H3_MIXER_TYPES = ("h3", "h3_shift_only", "h3_diag_only", "s4d")
-H3_SSM_INITS = ("lin", "inv", "legs")
+MIXER_TYPES = ("h3", "h3_shift_only", "h3_diag_only", "s4d")
 
 
 @strict_config
@@ -94,7 +94,6 @@ class H3Config(PreTrainedConfig):
         if self.vocab_size > 0 and m > 1 and self.vocab_size % m:
             self.vocab_size = (self.vocab_size + m - 1) // m * m
         super().__post_init__(**kwargs)
-        self.validate_h3()
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -108,7 +107,7 @@ class H3Config(PreTrainedConfig):
         config = result[0] if isinstance(result, tuple) else result
         if "vocab_size" in config_dict and "vocab_size" not in kwargs:
             config.vocab_size = config_dict["vocab_size"]
-            config.validate_h3()
+            config.validate()
         return result
 
     @property
@@ -119,7 +118,7 @@ class H3Config(PreTrainedConfig):
 
     def validate_h3(self):
         """Every field (types are checked by ``strict``); ValueError naming the field, its value and what is
-        allowed. Also run when a model is built, for fields changed after construction."""
+        allowed. Run by ``validate()``: at construction and when a model is built."""
         require_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "ssm_head_dim", "num_attention_heads",
                          "intermediate_size", "pad_vocab_size_multiple")
         require_positive(self, "kernel_chunk_size", optional=True)
@@ -141,11 +140,11 @@ class H3Config(PreTrainedConfig):
             require(self, self.rotary_emb_dim <= head, "rotary_emb_dim",
                     f"must be an even number in [0, attention head dim {head}]")
         require(self, 0 < self.rope_theta < float("inf"), "rope_theta", "must be a finite number > 0")
-        require_choice(self, "mixer_type", H3_MIXER_TYPES)
+        require_choice(self, "mixer_type", MIXER_TYPES)
         require(self, self.mixer_type != "s4d" or self.ssm_head_dim == 1, "ssm_head_dim",
                 "must be 1 when mixer_type='s4d' (one SISO SSM per channel)")
-        require_choice(self, "ssm_init", H3_SSM_INITS)
-        require_choice(self, "discretization", H3_DISCRETIZATIONS)
+        require_choice(self, "ssm_init", DIAGONAL_INITS)
+        require_choice(self, "discretization", DISCRETIZATIONS)
         require_common(self, ("embedding_dropout", "resid_dropout", "attention_dropout"), "layer_norm_epsilon")
 
 

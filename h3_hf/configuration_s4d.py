@@ -2,11 +2,9 @@
 
 from transformers.configuration_utils import PreTrainedConfig
 
+from .ssm_init import DIAGONAL_INITS
+from .ssm_kernels import DISCRETIZATIONS
 from .validation import require, require_choice, require_classifier, require_common, require_positive, strict_config
-
-S4D_INITS = ("inv", "lin", "legs")
-S4D_DISCRETIZATIONS = ("zoh", "bilinear")
-S4D_POOLINGS = ("mean", "last")
 
 
 @strict_config
@@ -61,18 +59,17 @@ class S4DConfig(PreTrainedConfig):
         if self.vocab_size is None and self.input_size is None:
             self.input_size = 1  # default: a real-valued scalar sequence (e.g. pixels)
         super().__post_init__(**kwargs)
-        self.validate_s4d()
 
     def validate_s4d(self):
         """Every field (types are checked by ``strict``); ValueError naming the field, its value and what is
-        allowed. Also run when a model is built, for fields changed after construction."""
-        require_classifier(self, S4D_POOLINGS)
+        allowed. Run by ``validate()``: at construction and when a model is built."""
+        require_classifier(self)
         require_positive(self, "hidden_size", "num_hidden_layers")
         require_positive(self, "kernel_chunk_size", optional=True)
         require(self, self.state_size > 0 and self.state_size % 2 == 0, "state_size",
                 "must be a positive even integer (N/2 complex modes are stored)")
-        require_choice(self, "init", S4D_INITS)
-        require_choice(self, "discretization", S4D_DISCRETIZATIONS)
+        require_choice(self, "init", DIAGONAL_INITS)
+        require_choice(self, "discretization", DISCRETIZATIONS)
         require_common(self, ("dropout",), "layer_norm_eps")
 
 

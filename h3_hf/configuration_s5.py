@@ -2,12 +2,11 @@
 
 from transformers.configuration_utils import PreTrainedConfig
 
+from .ssm_init import S5_C_INITS
+from .ssm_kernels import DISCRETIZATIONS
 from .validation import require, require_choice, require_classifier, require_common, require_positive, strict_config
 
-S5_DISCRETIZATIONS = ("zoh", "bilinear")
-S5_C_INITS = ("trunc_standard_normal", "lecun_normal", "complex_normal")
-S5_POOLINGS = ("mean", "last")
-S5_ACTIVATIONS = ("half_glu1", "half_glu2", "full_glu", "gelu")
+ACTIVATIONS = ("half_glu1", "half_glu2", "full_glu", "gelu")
 
 
 @strict_config
@@ -64,21 +63,20 @@ class S5Config(PreTrainedConfig):
         if self.vocab_size is None and self.input_size is None:
             self.input_size = 1
         super().__post_init__(**kwargs)
-        self.validate_s5()
 
     def validate_s5(self):
         """Every field (types are checked by ``strict``); ValueError naming the field, its value and what is
-        allowed. Also run when a model is built, for fields changed after construction."""
-        require_classifier(self, S5_POOLINGS)
+        allowed. Run by ``validate()``: at construction and when a model is built."""
+        require_classifier(self)
         require_positive(self, "hidden_size", "num_hidden_layers", "state_size", "blocks")
         require_positive(self, "scan_chunk_size", optional=True)
         require(self, self.state_size % self.blocks == 0, "blocks", f"must divide state_size={self.state_size}")
         block = self.state_size // self.blocks
         require(self, not self.conj_sym or block % 2 == 0, "conj_sym",
                 f"True needs an even block size state_size/blocks, got {block}")
-        require_choice(self, "discretization", S5_DISCRETIZATIONS)
+        require_choice(self, "discretization", DISCRETIZATIONS)
         require_choice(self, "C_init", S5_C_INITS)
-        require_choice(self, "activation", S5_ACTIVATIONS)
+        require_choice(self, "activation", ACTIVATIONS)
         require(self, 0 < self.step_rescale < float("inf"), "step_rescale", "must be a finite number > 0")
         require_common(self, ("dropout",), "layer_norm_eps")
 

@@ -28,19 +28,11 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .configuration_h3 import H3Config
+from .diagonal_ssm import DiagonalSSMKernel
+from .fft_conv import fft_causal_conv
 from .hub_utils import CodeInCheckpointMixin
-from .ssm import (
-    DiagonalSSMKernel,
-    Float32LayerNorm,
-    ShiftSSMKernel,
-    compute_dtype,
-    diagonal_kernel,
-    diagonal_state,
-    diagonal_step,
-    fft_causal_conv,
-    initial_state_response,
-    no_autocast,
-)
+from .precision import Float32LayerNorm, compute_dtype, no_autocast, parameter_dtype
+from .ssm_kernels import diagonal_kernel, diagonal_state, diagonal_step, initial_state_response, shift_kernel
 from .validation import check_class_ids, check_ids_or_embeds, check_mask_values
 
 # Decode parameters derived from the weights (see H3Mixer._decode_parameters), per cache: kept outside the cache's
@@ -133,122 +125,83 @@ def mask_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-class H3Mixer(nn.Module):
-    """The H3 layer and its ablations: (batch, length, d) -> (batch, length, d).
+class ShiftSSMKernel(nn.Module):
+    """Parameters of H3's shift SSM on D channels with N taps (official names and shapes).
 
-    ``mixer_type="h3"``: q, k, v = projections; k~ = shift_ssm(k) + ssm_k_D k; per head
-    kv[i, j] = k~_i v_j; z = diag_ssm(kv) + D kv; y[j] = sum_i q_i z[i, j]; out = output_linear(y).
-    "h3_shift_only" drops the diagonal SSM (z = kv); "h3_diag_only" drops the shift SSM (k~ = k);
-    "s4d" keeps only the diagonal SSM on the input itself: y = gelu(diag_ssm(x) + D x) (no q/k/v).
-    Output channels are d-major (channel = j * H + h), as in the official PyTorch path.
+    A is the shift matrix, so the SSM is a learned causal FIR filter of N taps. B (D, N), initialised to e_0;
+    C (1, D, N), initialised U(-1/sqrt(N), 1/sqrt(N)). The recurrent state is the window of the last N inputs, so
+    the cache stores raw inputs.
     """
 
-    def __init__(self, config: H3Config, layer_idx: int):
+    ssm_parameter_names = ("B",)
+
+    def __init__(self, num_channels: int, state_size: int):
         super().__init__()
-        d = config.hidden_size
-        self.layer_idx = layer_idx
-        self.hidden_size = d
-        self.state_size = config.state_size
-        self.head_dim = config.ssm_head_dim
-        self.num_heads = d // config.ssm_head_dim
-        self.kernel_chunk_size = config.kernel_chunk_size
-        self.gated = config.mixer_type != "s4d"
-        self.use_shift = config.mixer_type in ("h3", "h3_shift_only")
-        self.use_diag = config.mixer_type in ("h3", "h3_diag_only", "s4d")
-        if self.gated:
-            self.q_proj = nn.Linear(d, d)
-            self.k_proj = nn.Linear(d, d)
-            self.v_proj = nn.Linear(d, d)
-        if self.use_shift:
-            self.shift_kernel = ShiftSSMKernel(d, config.state_size)
-            self.ssm_k_D = nn.Parameter(torch.randn(d))
-        if self.use_diag:
-            self.kernel = DiagonalSSMKernel(self.num_heads, config.state_size, init=config.ssm_init,
-                                            discretization=config.discretization, dt_min=config.dt_min,
-                                            dt_max=config.dt_max, kernel_chunk_size=config.kernel_chunk_size)
-            self.D = nn.Parameter(torch.randn(self.num_heads))
-        self.output_linear = nn.Linear(d, d)
+        self.num_channels = num_channels
+        self.state_size = state_size
+        self.B = nn.Parameter(torch.empty(num_channels, state_size, dtype=parameter_dtype()))
+        self.C = nn.Parameter(torch.empty(1, num_channels, state_size, dtype=parameter_dtype()))
+        self.reset_parameters()
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, d, ...) with channel = h * P + i -> (batch, P, H, ...)."""
-        b = x.shape[0]
-        return x.reshape(b, self.num_heads, self.head_dim, *x.shape[2:]).transpose(1, 2)
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        dtype = parameter_dtype()
+        b = torch.zeros(self.num_channels, self.state_size, dtype=dtype)
+        b[:, 0] = 1.0
+        bound = 1 / math.sqrt(self.state_size)
+        return {"B": b, "C": torch.empty(1, self.num_channels, self.state_size, dtype=dtype).uniform_(-bound, bound)}
 
-    def forward(self, hidden_states: torch.Tensor, ssm_mask: torch.Tensor | None = None,
-                past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
-        """hidden_states (batch, length, d); ssm_mask (batch, length), 0 at padding."""
-        cache = past_key_values
-        decoding = cache is not None and cache_length(cache) > 0 and hidden_states.shape[1] == 1
-        with no_autocast(hidden_states.device.type):
-            dtype = compute_dtype(self.output_linear.weight)
-            x = hidden_states.to(dtype)
-            step = self._decode_parameters(cache, dtype) if decoding else None
-            if self.gated:
-                if decoding:  # one matmul for q, k and v
-                    q, k, v = F.linear(x, step["qkv_weight"], step["qkv_bias"]).transpose(1, 2).chunk(3, dim=1)
-                else:
-                    # W @ x^T: each (B, d, L) contiguous along L (what the FFTs and the gating read)
-                    q, k, v = (torch.baddbmm(lin.bias.to(dtype)[:, None], lin.weight.to(dtype).expand(len(x), -1, -1),
-                                             x.transpose(1, 2)) for lin in (self.q_proj, self.k_proj, self.v_proj))
-                k = mask_padding(k, ssm_mask)  # (B, d, L): padding never enters a state
-                k = self._shift_step(k, cache, step) if decoding else self._shift_convolve(k, cache)
-                kv = self._heads(k).unsqueeze(2) * self._heads(v).unsqueeze(1)  # (B, P, P, H, L)
-            else:
-                kv = x.transpose(1, 2)[:, None, None]  # (B, 1, 1, d, L): S4D runs on the input
-            kv = mask_padding(kv, ssm_mask)
-            z = kv
-            if self.use_diag:
-                z = self._diag_step(kv, cache, step) if decoding else self._diag_convolve(kv, cache)
-            y = self._readout(q, z) if self.gated else F.gelu(z[:, 0, 0])
-            out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype), self.output_linear.bias.to(dtype))
-        return out.to(hidden_states.dtype)
+    @torch.no_grad()
+    def reset_parameters(self):
+        for name, value in self.initial_values().items():
+            getattr(self, name).copy_(value)
 
-    def _shift_convolve(self, k: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-        """shift_ssm(k) + ssm_k_D k over (batch, d, length) k, continuing the cached window if any."""
-        if not self.use_shift:
-            return k
-        length = k.shape[-1]
-        shift = self.shift_kernel().to(k.dtype)  # (d, N)
-        prev_window = cache.get_conv_state(self.layer_idx) if cache is not None else None
-        if prev_window is not None:
-            k_ext = torch.cat([prev_window.to(k.dtype), k], dim=-1)
-            k_shift = fft_causal_conv(k_ext, shift)[..., -length:] + self.ssm_k_D.to(k.dtype)[:, None] * k
-        else:
-            k_shift = fft_causal_conv(k, shift, self.ssm_k_D)
+    def forward(self) -> torch.Tensor:
+        """FIR kernel (D, N) in float32 (float64 for float64 parameters)."""
+        dtype = compute_dtype(self.B)
+        with no_autocast(self.B.device.type):
+            return shift_kernel(self.B.to(dtype), self.C[0].to(dtype))
+
+
+class SSMMixer(nn.Module):
+    """What every SSM mixer shares: the diagonal SSM in both modes over (..., channels, length) inputs, and the
+    decode-step parameters derived from the weights once per generation.
+
+    A mixer defines ``forward(hidden_states, ssm_mask, past_key_values)`` on (batch, length, d),
+    ``_step_parameters(dtype)`` (what a decode step reads, derived from the weights) and ``_step_weights()`` (the
+    weights it reads them from).
+    """
+
+    def _diag_convolve(self, u: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        """diag_ssm(u) + D u over (batch, ..., channels, length) u, continuing the cached state if any."""
+        length = u.shape[-1]
+        prev_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+        log_da, db, c = self.kernel.discrete()
+        kernel = diagonal_kernel(c[0], db, log_da, length, chunk_size=self.kernel_chunk_size)
+        z = fft_causal_conv(u, kernel.to(u.dtype), self.D)
+        if prev_state is not None:
+            z = z + initial_state_response(prev_state, c[0], log_da, length, chunk_size=self.kernel_chunk_size)
         if cache is not None:
-            cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)
-        return k_shift
+            state = diagonal_state(u, log_da, db, prev_state, chunk_size=self.kernel_chunk_size)
+            cache.update_recurrent_state(state, self.layer_idx)
+        return z
 
-    def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """What a decode step needs from the weights: q/k/v as one (3d, d) weight and (3d,) bias, the shift kernel
-        oldest-lag-first (d, N), ssm_k_D (d, 1), dA, dB, C (H, N) and D (H,)."""
-        out = {}
-        if self.gated:
-            projections = (self.q_proj, self.k_proj, self.v_proj)
-            out["qkv_weight"] = torch.cat([p.weight for p in projections]).to(dtype)
-            out["qkv_bias"] = torch.cat([p.bias for p in projections]).to(dtype)
-        if self.use_shift:
-            out["shift"] = self.shift_kernel().to(dtype).flip(-1)
-            out["shift_skip"] = self.ssm_k_D.to(dtype)[:, None]
-        if self.use_diag:
-            log_da, db, c = self.kernel.discrete()
-            out.update(da=torch.exp(log_da), db=db, c=c[0], skip=self.D.to(dtype))
-        return out
+    def _diag_step(self, u: torch.Tensor, cache: Cache, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Diagonal SSM recurrence for one token, u (batch, ..., channels, 1)."""
+        state, z = diagonal_step(cache.get_recurrent_state(self.layer_idx), u[..., 0], params["da"], params["db"],
+                                 params["c"])
+        cache.update_recurrent_state(state, self.layer_idx)
+        return (z + params["skip"] * u[..., 0]).unsqueeze(-1)
 
-    def _step_weights(self) -> list[torch.Tensor]:
-        """The weights :meth:`_step_parameters` reads, looked up afresh (a replaced submodule is seen)."""
-        weights = []
-        if self.gated:
-            weights += [t for p in (self.q_proj, self.k_proj, self.v_proj) for t in (p.weight, p.bias)]
-        if self.use_shift:
-            weights += [self.shift_kernel.B, self.shift_kernel.C, self.ssm_k_D]
-        if self.use_diag:
-            k = self.kernel
-            weights += [k.log_dt, k.inv_A_real, k.A_imag, k.B, k.C, self.D]
-        return weights
+    def _diag_step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        log_da, db, c = self.kernel.discrete()
+        return {"da": torch.exp(log_da), "db": db, "c": c[0], "skip": self.D.to(dtype)}
+
+    def _diag_weights(self) -> list[torch.Tensor]:
+        k = self.kernel
+        return [k.log_dt, k.inv_A_real, k.A_imag, k.B, k.C, self.D]
 
     def _decode_parameters(self, cache: Cache, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """:meth:`_step_parameters`, kept in the ``H3Cache`` so a generation derives them once, not every token.
+        """:meth:`_step_parameters`, kept with the ``H3Cache`` so a generation derives them once, not every token.
 
         The entry lives as long as the cache (one generation) and is keyed on the identity, storage, version
         counter, dtype and device of every weight read, so an in-place update (optimizer step, ``copy_``,
@@ -265,38 +218,188 @@ class H3Mixer(nn.Module):
             entry = store[self.layer_idx] = (key, self._step_parameters(dtype))
         return entry[1]
 
-    def _shift_step(self, k: torch.Tensor, cache: Cache, step: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Shift SSM for one token, k (batch, d, 1): a dot product with the cached window (oldest first)."""
-        if not self.use_shift:
-            return k
-        window = cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)[..., -self.state_size:]
-        return (window.to(k.dtype) * step["shift"]).sum(-1, keepdim=True) + step["shift_skip"] * k
 
-    def _diag_convolve(self, kv: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-        """diag_ssm(kv) + D kv over (batch, P, P, H, length) kv, continuing the cached state if any."""
-        length = kv.shape[-1]
-        prev_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
-        log_da, db, c = self.kernel.discrete()
-        kernel = diagonal_kernel(c[0], db, log_da, length, chunk_size=self.kernel_chunk_size)
-        z = fft_causal_conv(kv, kernel.to(kv.dtype), self.D)
-        if prev_state is not None:
-            z = z + initial_state_response(prev_state, c[0], log_da, length, chunk_size=self.kernel_chunk_size)
-        if cache is not None:
-            state = diagonal_state(kv, log_da, db, prev_state, chunk_size=self.kernel_chunk_size)
-            cache.update_recurrent_state(state, self.layer_idx)
-        return z
+def is_decode_step(hidden_states: torch.Tensor, cache: Cache | None) -> bool:
+    """One new token continuing a cache: the recurrent path (else the convolution path)."""
+    return cache is not None and cache_length(cache) > 0 and hidden_states.shape[1] == 1
 
-    def _diag_step(self, kv: torch.Tensor, cache: Cache, step: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Diagonal SSM recurrence for one token, kv (batch, P, P, H, 1)."""
-        state, z = diagonal_step(cache.get_recurrent_state(self.layer_idx), kv[..., 0], step["da"], step["db"],
-                                 step["c"])
-        cache.update_recurrent_state(state, self.layer_idx)
-        return (z + step["skip"] * kv[..., 0]).unsqueeze(-1)
+
+class H3Mixer(SSMMixer):
+    """The H3 layer (``mixer_type="h3"``): (batch, length, d) -> (batch, length, d).
+
+    q, k, v = projections; k~ = shift_ssm(k) + ssm_k_D k; per head of width E (``ssm_head_dim``)
+    kv[i, j] = k~_i v_j; z = diag_ssm(kv) + D kv; y[j] = sum_i q_i z[i, j]; out = output_linear(y).
+    Output channels are d-major (channel = j * H + h), as in the official PyTorch path.
+    The ablations below drop one of the two SSMs.
+    """
+
+    has_shift_ssm = True
+    has_diag_ssm = True
+
+    def __init__(self, config: H3Config, layer_idx: int):
+        super().__init__()
+        d = config.hidden_size
+        self.layer_idx = layer_idx
+        self.hidden_size = d
+        self.state_size = config.state_size
+        self.head_dim = config.ssm_head_dim
+        self.num_heads = d // config.ssm_head_dim
+        self.kernel_chunk_size = config.kernel_chunk_size
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        if self.has_shift_ssm:
+            self.shift_kernel = ShiftSSMKernel(d, config.state_size)
+            self.ssm_k_D = nn.Parameter(torch.randn(d))
+        if self.has_diag_ssm:
+            self.kernel = DiagonalSSMKernel(self.num_heads, config.state_size, init=config.ssm_init,
+                                            discretization=config.discretization, dt_min=config.dt_min,
+                                            dt_max=config.dt_max, kernel_chunk_size=config.kernel_chunk_size)
+            self.D = nn.Parameter(torch.randn(self.num_heads))
+        self.output_linear = nn.Linear(d, d)
+
+    def forward(self, hidden_states: torch.Tensor, ssm_mask: torch.Tensor | None = None,
+                past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
+        """hidden_states (batch, length, d); ssm_mask (batch, length), 0 at padding."""
+        cache = past_key_values
+        decoding = is_decode_step(hidden_states, cache)
+        with no_autocast(hidden_states.device.type):
+            dtype = compute_dtype(self.output_linear.weight)
+            x = hidden_states.to(dtype)
+            params = self._decode_parameters(cache, dtype) if decoding else None
+            # 1. projections, each (B, d, L) contiguous along L (what the FFTs and the gating read)
+            if decoding:  # one matmul for q, k and v
+                q, k, v = F.linear(x, params["qkv_weight"], params["qkv_bias"]).transpose(1, 2).chunk(3, dim=1)
+            else:
+                q, k, v = (torch.baddbmm(lin.bias.to(dtype)[:, None], lin.weight.to(dtype).expand(len(x), -1, -1),
+                                         x.transpose(1, 2)) for lin in (self.q_proj, self.k_proj, self.v_proj))
+            # 2. shift SSM on k; padding is zeroed first so it never enters a state
+            k = mask_padding(k, ssm_mask)
+            k = self._shift_step(k, cache, params) if decoding else self._shift_convolve(k, cache)
+            # 3. per-head outer product kv (B, E, E, H, L)
+            kv = mask_padding(self._heads(k).unsqueeze(2) * self._heads(v).unsqueeze(1), ssm_mask)
+            # 4. diagonal SSM on kv
+            z = self._diag_step(kv, cache, params) if decoding else self._diag_convolve(kv, cache)
+            # 5. gate with q, sum over the head's input dim, output projection
+            y = self._readout(q, z)
+            out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype), self.output_linear.bias.to(dtype))
+        return out.to(hidden_states.dtype)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, d, ...) with channel = h * E + i -> (batch, E, H, ...)."""
+        b = x.shape[0]
+        return x.reshape(b, self.num_heads, self.head_dim, *x.shape[2:]).transpose(1, 2)
 
     def _readout(self, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y[b, j*H + h, l] = sum_i q[b, h*P + i, l] z[b, i, j, h, l]; returns (batch, d, length)."""
-        y = (self._heads(q).unsqueeze(2) * z).sum(1)  # (B, P_j, H, L)
+        """y[b, j*H + h, l] = sum_i q[b, h*E + i, l] z[b, i, j, h, l]; returns (batch, d, length)."""
+        y = (self._heads(q).unsqueeze(2) * z).sum(1)  # (B, E_j, H, L)
         return y.reshape(y.shape[0], self.hidden_size, y.shape[-1])
+
+    def _shift_convolve(self, k: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        """shift_ssm(k) + ssm_k_D k over (batch, d, length) k, continuing the cached window if any."""
+        length = k.shape[-1]
+        shift = self.shift_kernel().to(k.dtype)  # (d, N)
+        prev_window = cache.get_conv_state(self.layer_idx) if cache is not None else None
+        if prev_window is not None:
+            k_ext = torch.cat([prev_window.to(k.dtype), k], dim=-1)
+            k_shift = fft_causal_conv(k_ext, shift)[..., -length:] + self.ssm_k_D.to(k.dtype)[:, None] * k
+        else:
+            k_shift = fft_causal_conv(k, shift, self.ssm_k_D)
+        if cache is not None:
+            cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)
+        return k_shift
+
+    def _shift_step(self, k: torch.Tensor, cache: Cache, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Shift SSM for one token, k (batch, d, 1): a dot product with the cached window (oldest first)."""
+        window = cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)[..., -self.state_size:]
+        return (window.to(k.dtype) * params["shift"]).sum(-1, keepdim=True) + params["shift_skip"] * k
+
+    def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """q/k/v as one (3d, d) weight and (3d,) bias, the shift kernel oldest-lag-first (d, N), ssm_k_D (d, 1),
+        and dA, dB, C (H, N) and D (H,) of the diagonal SSM."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        params = {"qkv_weight": torch.cat([p.weight for p in projections]).to(dtype),
+                  "qkv_bias": torch.cat([p.bias for p in projections]).to(dtype)}
+        if self.has_shift_ssm:
+            params.update(shift=self.shift_kernel().to(dtype).flip(-1), shift_skip=self.ssm_k_D.to(dtype)[:, None])
+        if self.has_diag_ssm:
+            params.update(self._diag_step_parameters(dtype))
+        return params
+
+    def _step_weights(self) -> list[torch.Tensor]:
+        weights = [t for p in (self.q_proj, self.k_proj, self.v_proj) for t in (p.weight, p.bias)]
+        if self.has_shift_ssm:
+            weights += [self.shift_kernel.B, self.shift_kernel.C, self.ssm_k_D]
+        if self.has_diag_ssm:
+            weights += self._diag_weights()
+        return weights
+
+
+class H3ShiftOnlyMixer(H3Mixer):
+    """Ablation ``mixer_type="h3_shift_only"``: H3 without the diagonal SSM (z = kv)."""
+
+    has_diag_ssm = False
+
+    def _diag_convolve(self, kv: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        return kv
+
+    def _diag_step(self, kv: torch.Tensor, cache: Cache, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return kv
+
+
+class H3DiagOnlyMixer(H3Mixer):
+    """Ablation ``mixer_type="h3_diag_only"``: H3 without the shift SSM (k~ = k)."""
+
+    has_shift_ssm = False
+
+    def _shift_convolve(self, k: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        return k
+
+    def _shift_step(self, k: torch.Tensor, cache: Cache, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        return k
+
+
+class S4DMixer(SSMMixer):
+    """``mixer_type="s4d"``: one SISO diagonal SSM per channel on the input itself, no q/k/v:
+    out = output_linear(gelu(diag_ssm(x) + D x)), (batch, length, d) -> (batch, length, d)."""
+
+    def __init__(self, config: H3Config, layer_idx: int):
+        super().__init__()
+        d = config.hidden_size
+        self.layer_idx = layer_idx
+        self.hidden_size = d
+        self.kernel_chunk_size = config.kernel_chunk_size
+        self.kernel = DiagonalSSMKernel(d, config.state_size, init=config.ssm_init,
+                                        discretization=config.discretization, dt_min=config.dt_min,
+                                        dt_max=config.dt_max, kernel_chunk_size=config.kernel_chunk_size)
+        self.D = nn.Parameter(torch.randn(d))
+        self.output_linear = nn.Linear(d, d)
+
+    def forward(self, hidden_states: torch.Tensor, ssm_mask: torch.Tensor | None = None,
+                past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
+        """hidden_states (batch, length, d); ssm_mask (batch, length), 0 at padding."""
+        cache = past_key_values
+        decoding = is_decode_step(hidden_states, cache)
+        with no_autocast(hidden_states.device.type):
+            dtype = compute_dtype(self.output_linear.weight)
+            u = mask_padding(hidden_states.to(dtype).transpose(1, 2), ssm_mask)  # (B, d, L)
+            if decoding:
+                z = self._diag_step(u, cache, self._decode_parameters(cache, dtype))
+            else:
+                z = self._diag_convolve(u, cache)
+            out = F.linear(F.gelu(z).transpose(1, 2), self.output_linear.weight.to(dtype),
+                           self.output_linear.bias.to(dtype))
+        return out.to(hidden_states.dtype)
+
+    def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        return self._diag_step_parameters(dtype)
+
+    def _step_weights(self) -> list[torch.Tensor]:
+        return self._diag_weights()
+
+
+MIXER_CLASSES = {"h3": H3Mixer, "h3_shift_only": H3ShiftOnlyMixer, "h3_diag_only": H3DiagOnlyMixer,
+                 "s4d": S4DMixer}
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -386,7 +489,8 @@ class H3Block(GradientCheckpointingLayer):
         super().__init__()
         self.is_attention = layer_idx in config.attn_layer_idx
         self.norm1 = Float32LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
-        self.mixer = H3Attention(config, layer_idx) if self.is_attention else H3Mixer(config, layer_idx)
+        mixer_class = H3Attention if self.is_attention else MIXER_CLASSES[config.mixer_type]
+        self.mixer = mixer_class(config, layer_idx)
         self.norm2 = Float32LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.mlp = H3MLP(config)
         self.dropout = nn.Dropout(config.resid_dropout)
@@ -422,6 +526,10 @@ class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
     checkpoint_auto_map = {"AutoConfig": "configuration_h3.H3Config", "AutoModel": "modeling_h3.H3Model",
                            "AutoModelForCausalLM": "modeling_h3.H3ForCausalLM"}
 
+    def __init__(self, config: H3Config, *args, **kwargs):
+        config.validate()  # fields may have been changed since the config was built
+        super().__init__(config, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """GPT-2-style init; SSM parameters keep their structured init."""
@@ -435,7 +543,7 @@ class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
         elif isinstance(module, (DiagonalSSMKernel, ShiftSSMKernel)):
             for name, value in module.initial_values().items():
                 init.copy_(getattr(module, name), value)
-        elif isinstance(module, H3Mixer):
+        elif isinstance(module, SSMMixer):
             for skip in ("D", "ssm_k_D"):
                 if hasattr(module, skip):
                     init.normal_(getattr(module, skip))
@@ -477,7 +585,6 @@ class H3Model(H3PreTrainedModel):
     """Embedding -> H3 blocks -> ln_f. Returns ``BaseModelOutputWithPast`` (batch, length, d)."""
 
     def __init__(self, config: H3Config):
-        config.validate_h3()  # again: fields may have been changed since construction
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.drop = nn.Dropout(config.embedding_dropout)
@@ -598,17 +705,17 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
                                                      max_cache_length)
 
-    def generate(self, inputs: torch.Tensor | None = None, *args, **kwargs):
-        """``GenerationMixin.generate`` with the prompt (``inputs`` / ``input_ids`` or ``inputs_embeds``) and its
-        ``attention_mask`` checked first, as ``forward`` checks them: transformers would otherwise drop an all-ones
-        mask of any shape, or fail later on one of the wrong batch size."""
-        ids = inputs if inputs is not None else kwargs.get("input_ids")
-        embeds = kwargs.get("inputs_embeds")
+    def _prepare_model_inputs(self, inputs=None, bos_token_id=None, model_kwargs=None):
+        """``generate()``'s input preparation, with the prompt and its ``attention_mask`` checked as ``forward``
+        checks them: transformers would otherwise drop an all-ones mask of any shape, or fail later on one of the
+        wrong batch size."""
+        inputs_tensor, input_name, model_kwargs = super()._prepare_model_inputs(inputs, bos_token_id, model_kwargs)
+        embeds = model_kwargs.get("inputs_embeds") if input_name == "inputs_embeds" else None
+        ids = inputs_tensor if input_name == "input_ids" and embeds is None else None
         if ids is not None or embeds is not None:
-            past = cache_length(given_cache(kwargs.get("cache"), kwargs.get("past_key_values")))
-            check_lm_inputs(self.backbone, ids if embeds is None else None, embeds, kwargs.get("attention_mask"),
-                            None, past)
-        return super().generate(inputs, *args, **kwargs)
+            past = cache_length(given_cache(model_kwargs.get("cache"), model_kwargs.get("past_key_values")))
+            check_lm_inputs(self.backbone, ids, embeds, model_kwargs.get("attention_mask"), None, past)
+        return inputs_tensor, input_name, model_kwargs
 
     @can_return_tuple
     def forward(

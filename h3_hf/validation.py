@@ -15,19 +15,25 @@ from huggingface_hub.errors import StrictDataclassError
 
 
 def strict_config(cls):
-    """``@strict(accept_kwargs=True)`` whose type errors are ValueErrors too (huggingface_hub raises its own
-    ``StrictDataclassError``, which is not one); the message names the config, the field and the value."""
+    """``@strict(accept_kwargs=True)`` whose errors are ValueErrors, at construction and from ``validate()``
+    (huggingface_hub raises its own ``StrictDataclassError``, which is not one); the message names the config, the
+    field and the value. ``validate()`` runs the config's ``validate_*`` methods; models call it when built."""
     cls = strict(accept_kwargs=True)(cls)
-    init = cls.__init__
 
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        try:
-            init(self, *args, **kwargs)
-        except StrictDataclassError as e:
-            raise ValueError(f"{cls.__name__}: {e.__cause__ or e}") from e
+    def as_value_error(method):
+        @functools.wraps(method)
+        def wrapped(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except StrictDataclassError as e:
+                cause = e.__cause__  # a validate_* method's ValueError already names config, field and value
+                raise ValueError(str(cause) if isinstance(cause, ValueError) else f"{cls.__name__}: {cause or e}"
+                                 ) from e
+        return wrapped
 
-    cls.__init__ = __init__
+    cls.__init__ = as_value_error(cls.__init__)
+    cls.validate = as_value_error(cls.validate)
+    cls.validate.__is_defined_by_strict_decorator__ = True  # lets a strict subclass replace it
     return cls
 
 
@@ -67,14 +73,17 @@ def require_common(config, dropouts: tuple[str, ...], eps: str):
 
 
 
-def require_classifier(config, poolings: tuple):
+POOLINGS = ("mean", "last")
+
+
+def require_classifier(config):
     """Fields the S4D and S5 configs share: exactly one of vocab_size / input_size, pooling and the head's
     num_labels / problem_type (strict cannot check the latter's Literal annotation)."""
     require(config, (config.vocab_size is None) != (config.input_size is None), "vocab_size/input_size",
             "set exactly one of vocab_size (tokens) or input_size (real-valued)",
             (config.vocab_size, config.input_size))
     require_positive(config, "vocab_size", "input_size", optional=True)
-    require_choice(config, "pooling", poolings)
+    require_choice(config, "pooling", POOLINGS)
     require(config, config.num_labels >= 1, "num_labels", "must be a positive integer")
     require_choice(config, "problem_type",
                    (None, "regression", "single_label_classification", "multi_label_classification"))

@@ -5,7 +5,7 @@ Example:
     python scripts/bench_kernels.py --lengths 1024 4096 --json out.json
 
 1. SSM kernel K[h, l] = 2 Re sum_n C dB dA^l, forward + backward: the blocked real-part Vandermonde product
-   (``h3_hf.ssm.vandermonde_real``) vs materialising the (H, N, L) power tensor with one exp per entry.
+   (``h3_hf.ssm_kernels.vandermonde_real``) vs materialising the (H, N, L) power tensor with one exp per entry.
 2. Shift-SSM convolution (N = 64 taps), forward: a real FFT of size fft_length(L + N - 1) (~L)
    (``fft_causal_conv``) vs a real FFT of size 2L.
 3. FFT convolution with an L-tap kernel (the diagonal SSM's), forward + backward: ``fft_causal_conv`` (gradients
@@ -26,8 +26,11 @@ import torch
 from script_utils import ScriptArgumentParser
 
 from h3_hf import H3Config, H3ForCausalLM
+from h3_hf.diagonal_ssm import DiagonalSSMKernel
+from h3_hf.fft_conv import fft_causal_conv, fft_length
 from h3_hf.modeling_h3 import CACHE_FIELD
-from h3_hf.ssm import DiagonalSSMKernel, compute_dtype, fft_causal_conv, fft_length, vandermonde_real
+from h3_hf.precision import compute_dtype
+from h3_hf.ssm_kernels import vandermonde_real
 
 
 def timed(fn, repeats: int) -> float:

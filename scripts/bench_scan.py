@@ -16,7 +16,7 @@ import bench_common
 import torch
 from script_utils import ScriptArgumentParser
 
-from h3_hf.ssm import associative_scan, sequential_scan
+from h3_hf.ssm_scan import associative_scan, sequential_scan
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -42,8 +42,7 @@ from script_utils import (
 from transformers import TrainingArguments, default_data_collator
 
 from h3_hf import S4DConfig, S4DForSequenceClassification, S5Config, S5ForSequenceClassification, create_ssm_optimizer
-from h3_hf.configuration_s4d import S4D_DISCRETIZATIONS, S4D_INITS, S4D_POOLINGS
-from h3_hf.configuration_s5 import S5_ACTIVATIONS
+from h3_hf.configuration_s5 import ACTIVATIONS
 from h3_hf.data import (
     LISTOPS_VOCAB,
     PaddingCollator,
@@ -53,6 +52,9 @@ from h3_hf.data import (
     load_sequential_digits,
 )
 from h3_hf.model_card import ModelCardTrainer
+from h3_hf.ssm_init import DIAGONAL_INITS
+from h3_hf.ssm_kernels import DISCRETIZATIONS
+from h3_hf.validation import POOLINGS
 
 MODELS = ("s4d", "s5")
 DATASETS = ("digits", "digits_irregular", "listops")
@@ -91,19 +93,19 @@ class ModelArguments:
     hidden_size: int = field(default=64, metadata={"help": "model width"})
     num_hidden_layers: int = field(default=4, metadata={"help": "layers"})
     state_size: int = field(default=64, metadata={"help": "SSM state size"})
-    init: str = field(default="inv", metadata={"choices": S4D_INITS, "help": "S4D: initialisation of A"})
-    discretization: str = field(default="zoh", metadata={"choices": S4D_DISCRETIZATIONS,
+    init: str = field(default="inv", metadata={"choices": DIAGONAL_INITS, "help": "S4D: initialisation of A"})
+    discretization: str = field(default="zoh", metadata={"choices": DISCRETIZATIONS,
                                                           "help": "discretization of the SSM"})
     bidirectional: bool = field(default=False, metadata={
         "help": f"two-sided SSM kernels (default: {by_choice('bidirectional', False)})"})
     dropout: float = field(default=0.1, metadata={"help": f"dropout (default: {by_choice('dropout', 0.1)})"})
     prenorm: bool = field(default=True, metadata={"help": "layer norm before each block (false: after it)"})
-    pooling: str = field(default="mean", metadata={"choices": S4D_POOLINGS,
+    pooling: str = field(default="mean", metadata={"choices": POOLINGS,
                                                    "help": "how the sequence is reduced to one vector"})
     ssm_lr: float = field(default=1e-3, metadata={"help": "learning rate of the SSM parameters (no weight decay)"})
     blocks: int = field(default=4, metadata={"help": "S5: HiPPO-N blocks J"})
     conj_sym: bool = field(default=True, metadata={"help": "S5: conjugate symmetry (half the state stored)"})
-    s5_activation: str = field(default="half_glu1", metadata={"choices": S5_ACTIVATIONS,
+    s5_activation: str = field(default="half_glu1", metadata={"choices": ACTIVATIONS,
                                                               "help": "S5: activation after the SSM"})
 
 

@@ -127,7 +127,7 @@ def test_checkpoint_loads_through_remote_code_without_the_package(kind, tmp_path
     save_file({k: v.contiguous() for k, v in inputs(tokenizer).items()}, os.path.join(folder, "inputs.safetensors"))
 
     files = set(os.listdir(folder))
-    assert {f"modeling_{kind}.py", f"configuration_{kind}.py", "ssm.py", "hub_utils.py", "validation.py",
+    assert {f"modeling_{kind}.py", f"configuration_{kind}.py", "precision.py", "hub_utils.py", "validation.py",
             "model.safetensors", "config.json"} <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
     auto_map = json.load(open(os.path.join(folder, "config.json")))["auto_map"]

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from h3_hf import H3Config, H3ForCausalLM
+from h3_hf.fft_conv import fft_causal_conv, fft_length
 from h3_hf.modeling_h3 import CACHE_FIELD
-from h3_hf.ssm import fft_causal_conv, fft_length, vandermonde_real, vandermonde_transpose
+from h3_hf.ssm_kernels import vandermonde_real, vandermonde_transpose
 
 
 def naive_vandermonde(coeff, log_da, length, offset=0):

@@ -8,17 +8,12 @@ import os
 import pytest
 import torch
 
-from h3_hf.ssm import (
-    S5SSM,
-    DiagonalSSMKernel,
-    ShiftSSMKernel,
-    associative_scan,
-    diagonal_kernel,
-    diagonal_state,
-    fft_bidirectional_conv,
-    fft_causal_conv,
-    initial_state_response,
-)
+from h3_hf.diagonal_ssm import DiagonalSSMKernel
+from h3_hf.fft_conv import fft_bidirectional_conv, fft_causal_conv
+from h3_hf.modeling_h3 import ShiftSSMKernel
+from h3_hf.modeling_s5 import S5SSM
+from h3_hf.ssm_kernels import diagonal_kernel, diagonal_state, initial_state_response
+from h3_hf.ssm_scan import associative_scan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

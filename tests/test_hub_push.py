@@ -138,8 +138,10 @@ def test_model_push_uploads_a_self_contained_checkpoint(kind, hub, tmp_path):
 
     assert hub.repos == [(f"someone/{kind}-tiny", None)]
     (commit,) = hub.commits
-    code = {f"modeling_{kind}.py", f"configuration_{kind}.py", "ssm.py", "hub_utils.py", "validation.py"}
-    code |= {"sequence_utils.py"} if kind != "h3" else set()
+    code = {f"modeling_{kind}.py", f"configuration_{kind}.py", "hub_utils.py", "validation.py", "precision.py",
+            "ssm_init.py", "ssm_kernels.py"}
+    code |= {"modeling_sequence.py"} if kind != "h3" else set()
+    code |= {"ssm_scan.py"} if kind == "s5" else {"fft_conv.py", "diagonal_ssm.py"}
     expected = {"README.md", "config.json", "model.safetensors", *code}
     expected |= {"generation_config.json"} if kind == "h3" else set()
     assert set(commit["files"]) == expected
@@ -196,7 +198,7 @@ def test_training_script_push_uploads_the_h3hf_model_card(hub, tmp_path):
     (commit,) = hub.commits  # one upload, after the results exist
     assert commit["repo_id"] == "someone/ar-h3"
     files = set(commit["files"])
-    assert {"README.md", "config.json", "model.safetensors", "modeling_h3.py", "configuration_h3.py", "ssm.py",
+    assert {"README.md", "config.json", "model.safetensors", "modeling_h3.py", "configuration_h3.py", "fft_conv.py",
             "hub_utils.py", "tokenizer.json", "results.json", "training_curve.png"} <= files
     card = ModelCard(commit["files"]["README.md"].decode())
     assert card.content == (out / "README.md").read_text()  # the card the script wrote is the one uploaded
@@ -295,7 +297,7 @@ def test_save_pretrained_with_push_uploads_the_code_too(hub, tmp_path):
     model = small_model("s5")
     model.save_pretrained(tmp_path / "s5", push_to_hub=True, repo_id="someone/s5-tiny")
     (commit,) = hub.commits
-    assert {"modeling_s5.py", "configuration_s5.py", "sequence_utils.py", "ssm.py", "hub_utils.py",
+    assert {"modeling_s5.py", "configuration_s5.py", "modeling_sequence.py", "ssm_scan.py", "hub_utils.py",
             "config.json", "model.safetensors"} <= set(commit["files"])
 
 
@@ -311,6 +313,6 @@ def test_every_mid_training_push_is_a_loadable_checkpoint(hub, tmp_path):
     for commit in hub.commits:
         files = set(commit["files"])
         assert not any(f.startswith("checkpoint-") for f in files)
-        assert {"config.json", "model.safetensors", "modeling_h3.py", "configuration_h3.py", "ssm.py"} <= files
+        assert {"config.json", "model.safetensors", "modeling_h3.py", "configuration_h3.py", "fft_conv.py"} <= files
     final = ModelCard(hub.commits[-1]["files"]["README.md"].decode())
     assert final.data.eval_results[0].metric_type == "accuracy"

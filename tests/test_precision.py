@@ -5,7 +5,7 @@ close to the float32 model's."""
 import pytest
 import torch
 
-import h3_hf.ssm as ssm
+import h3_hf.modeling_s5 as modeling_s5
 from h3_hf import (
     H3Config,
     H3ForCausalLM,
@@ -61,7 +61,7 @@ def record_ssm_dtypes(monkeypatch) -> list:
         monkeypatch.setattr(owner, name, wrapped)
     recording(torch.fft, "rfft")
     recording(torch.fft, "irfft")
-    recording(ssm, "associative_scan")
+    recording(modeling_s5, "associative_scan")
     return seen
 
 

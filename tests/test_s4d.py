@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 import h3_hf  # noqa: F401  (registers the Auto classes)
 from h3_hf import S4DConfig, S4DForSequenceClassification, S4DModel, ssm_parameter_groups
 from h3_hf.modeling_s4d import S4DLayer
-from h3_hf.ssm import diagonal_init
+from h3_hf.ssm_init import diagonal_init
 
 
 def tiny_config(**kw):

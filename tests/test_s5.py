@@ -7,7 +7,9 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from h3_hf import S5Config, S5ForSequenceClassification, S5Model, ssm_parameter_groups
-from h3_hf.ssm import S5SSM, associative_scan, hippo_n_blocks, sequential_scan
+from h3_hf.modeling_s5 import S5SSM
+from h3_hf.ssm_init import hippo_n_blocks
+from h3_hf.ssm_scan import associative_scan, sequential_scan
 
 
 def naive_s5(ssm: S5SSM, u: torch.Tensor, timesteps: torch.Tensor | None) -> torch.Tensor:

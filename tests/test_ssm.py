@@ -6,19 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from h3_hf.ssm import (
-    DIAGONAL_INITS,
-    DISCRETIZATIONS,
-    DiagonalSSMKernel,
-    diagonal_init,
-    diagonal_state,
-    diagonal_step,
-    fft_bidirectional_conv,
-    fft_causal_conv,
-    hippo_legs,
-    hippo_n_eig,
-    initial_state_response,
-)
+from h3_hf.diagonal_ssm import DiagonalSSMKernel
+from h3_hf.fft_conv import fft_bidirectional_conv, fft_causal_conv
+from h3_hf.ssm_init import DIAGONAL_INITS, diagonal_init, hippo_legs, hippo_n_eig
+from h3_hf.ssm_kernels import DISCRETIZATIONS, diagonal_state, diagonal_step, initial_state_response
 
 
 def naive_discrete(kernel: DiagonalSSMKernel):

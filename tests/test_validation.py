@@ -55,7 +55,7 @@ CONFIG_CASES = [
     invalid(H3Config, "attn_layer_idx", [-1], "entries must be distinct layer indices"),
     invalid(H3Config, "attn_layer_idx", [1, 1], "entries must be distinct layer indices"),
     invalid(H3Config, "mixer_type", "mamba", "allowed values are ('h3', 'h3_shift_only', 'h3_diag_only', 's4d')"),
-    invalid(H3Config, "ssm_init", "random", "allowed values are ('lin', 'inv', 'legs')"),
+    invalid(H3Config, "ssm_init", "random", "allowed values are ('inv', 'lin', 'legs')"),
     invalid(H3Config, "num_attention_heads", 0, "must be a positive integer"),
     invalid(H3Config, "num_attention_heads", 3, "must divide hidden_size=16", attn_layer_idx=[0]),
     invalid(H3Config, "head_dim", 4, "must be hidden_size / num_attention_heads = 8", attn_layer_idx=[0],
