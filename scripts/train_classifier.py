@@ -52,6 +52,7 @@ from h3_hf.data import (
     load_sequential_digits,
 )
 from h3_hf.model_card import ModelCardTrainer
+from h3_hf.sharding import check_trainer_fsdp
 from h3_hf.ssm_init import DIAGONAL_INITS
 from h3_hf.ssm_kernels import DISCRETIZATIONS
 from h3_hf.validation import POOLINGS
@@ -239,6 +240,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(flag_value(argv, "dataset", DEFAULT_DATASET), flag_value(argv, "model", DEFAULT_MODEL))
     model_args, data_args, threads, training_args = parse_trainer_arguments(parser, argv)
+    with usage_errors(parser):  # --fsdp shards only on accelerators: refuse it on CPU instead of running DDP
+        check_trainer_fsdp(training_args)
     if data_args.dataset == "digits_irregular" and data_args.use_timesteps and model_args.model != "s5":
         parser.error("--dataset digits_irregular with timesteps needs --model s5 (a convolution kernel cannot "
                      "take per-position steps); pass --use_timesteps false for S4D")

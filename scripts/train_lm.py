@@ -55,12 +55,14 @@ from script_utils import (  # noqa: E402
     parse_trainer_arguments,
     set_threads,
     trainer_argument_parser,
+    usage_errors,
 )
 
 import h3_hf  # noqa: E402,F401  (registers the Auto classes)
 from h3_hf import H3Config, H3ForCausalLM  # noqa: E402
 from h3_hf.data.text_corpus import CORPUS_KINDS, load_stdlib_corpus  # noqa: E402
 from h3_hf.model_card import ModelCardTrainer  # noqa: E402
+from h3_hf.sharding import check_trainer_fsdp  # noqa: E402
 
 MODEL_TYPES = ("h3", "gpt2", "mamba")
 END_OF_TEXT = "<|endoftext|>"
@@ -282,6 +284,8 @@ def main(argv=None):
         usage="%(prog)s (--train_file F --validation_file F | --dataset_name NAME) [OPTION VALUE ...]",
         defaults=SCRIPT_DEFAULTS, trainer_options=TRAINER_OPTIONS)
     model_args, data_args, threads, training_args = parse_trainer_arguments(parser, argv)
+    with usage_errors(parser):  # --fsdp shards only on accelerators: refuse it on CPU instead of running DDP
+        check_trainer_fsdp(training_args)
     check_args(model_args, data_args)
     check_checkpoint_folder(parser, training_args.resume_from_checkpoint)
     set_threads(threads.threads)

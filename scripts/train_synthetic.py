@@ -51,6 +51,7 @@ from h3_hf.data.synthetics import (
 )
 from h3_hf.data.synthetics import TASK_DEFAULTS as TASK_PARAMETERS
 from h3_hf.model_card import ModelCardTrainer
+from h3_hf.sharding import check_trainer_fsdp
 
 MODELS = ("h3", "attention", "s4d", "h3_shift_only", "h3_diag_only")
 LOSS_ON = ("all", "answer")
@@ -222,6 +223,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(flag_value(argv, "task", DEFAULT_TASK))
     args, threads, training_args = parse_trainer_arguments(parser, argv)
+    with usage_errors(parser):  # --fsdp shards only on accelerators: refuse it on CPU instead of running DDP
+        check_trainer_fsdp(training_args)
     check_folders(parser, args, training_args)
     set_threads(threads.threads)
     data_seed = training_args.seed if args.dataset_seed is None else args.dataset_seed
