@@ -88,9 +88,9 @@ class _CircularConvolution(torch.autograd.Function):
         return grad_u, grad_kernel, None
 
 
-# Kept out of torch.compile graphs: inductor (torch 2.13, CPU) computed wrong gradients for the kernel when
-# this FFT convolution was traced inside the H3 mixer (tests/test_fast_paths.py), and it generates no code
-# for complex operators anyway, so the graph break costs nothing.
+# Kept out of torch.compile graphs: with torch 2.13 on CPU, inductor computes wrong kernel gradients when it traces
+# this FFT convolution inside the H3 mixer, and it generates no code for complex operators anyway, so the graph
+# break costs nothing.
 @torch.compiler.disable
 def _fft_conv(u: torch.Tensor, kernel: torch.Tensor, skip: torch.Tensor | None, n: int | None = None
               ) -> torch.Tensor:

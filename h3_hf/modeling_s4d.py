@@ -15,7 +15,12 @@ from transformers import initialization as init
 from .configuration_s4d import S4DConfig
 from .diagonal_ssm import DiagonalSSMKernel
 from .fft_conv import fft_bidirectional_conv, fft_causal_conv
-from .modeling_sequence import SequenceForClassification, SequenceModel, SequencePreTrainedModel
+from .modeling_sequence import (
+    SequenceForClassification,
+    SequenceModel,
+    SequencePreTrainedModel,
+    register_auto_classes,
+)
 from .precision import no_autocast
 from .ssm_kernels import diagonal_state, diagonal_step
 
@@ -107,8 +112,6 @@ class S4DPreTrainedModel(SequencePreTrainedModel):
     layer_class = S4DLayer
     _keep_in_fp32_modules_strict = ["layer.kernel"]
     _can_compile_fullgraph = False  # the FFT convolution is a graph break (fft_conv._fft_conv); torch.export works
-    checkpoint_auto_map = {"AutoConfig": "configuration_s4d.S4DConfig", "AutoModel": "modeling_s4d.S4DModel",
-                           "AutoModelForSequenceClassification": "modeling_s4d.S4DForSequenceClassification"}
 
     def init_linear(self, module: nn.Linear):
         """PyTorch's default Linear init, as in the S4 authors' code (transformers' default N(0, 0.02) trains
@@ -132,9 +135,7 @@ class S4DForSequenceClassification(S4DPreTrainedModel, SequenceForClassification
     backbone_class = S4DModel
 
 
-# save_pretrained copies this file and its relative imports into every checkpoint (see hub_utils.py)
-S4DModel.register_for_auto_class("AutoModel")
-S4DForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+register_auto_classes(S4DModel, S4DForSequenceClassification)
 
 
 __all__ = ["S4DLayer", "S4DPreTrainedModel", "S4DModel", "S4DForSequenceClassification"]

@@ -249,4 +249,20 @@ class SequenceForClassification(SequencePreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
-__all__ = ["SequenceBlock", "SequencePreTrainedModel", "SequenceModel", "SequenceForClassification"]
+def register_auto_classes(model_class: type[SequenceModel], classifier_class: type[SequenceForClassification]):
+    """Register a family's backbone and classifier for ``AutoModel`` / ``AutoModelForSequenceClassification``:
+    ``save_pretrained`` then copies the modeling code into every checkpoint, and the checkpoint's ``auto_map`` names
+    the config and both classes (see hub_utils.py), so it loads with ``trust_remote_code`` without this package."""
+    model_class.register_for_auto_class("AutoModel")
+    classifier_class.register_for_auto_class("AutoModelForSequenceClassification")
+
+    def where(cls):  # "modeling_s4d.S4DModel"
+        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+    auto_map = {"AutoConfig": where(model_class.config_class), "AutoModel": where(model_class),
+                "AutoModelForSequenceClassification": where(classifier_class)}
+    model_class.checkpoint_auto_map = classifier_class.checkpoint_auto_map = auto_map
+
+
+__all__ = ["SequenceBlock", "SequencePreTrainedModel", "SequenceModel", "SequenceForClassification",
+           "register_auto_classes"]

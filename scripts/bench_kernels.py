@@ -44,7 +44,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def materialised_vandermonde(coeff, log_da, length, **_):
-    """The previous implementation: exp of the whole (H, N, L) lag tensor, then a contraction over N."""
+    """Baseline: exp of the whole (H, N, L) lag tensor, then a contraction over N."""
     lags = torch.arange(length, dtype=compute_dtype(log_da.real))
     return torch.einsum("hn,hnl->hl", coeff, torch.exp(log_da.unsqueeze(-1) * lags)).real
 
@@ -59,7 +59,7 @@ def kernel_step(kernel: DiagonalSSMKernel, length: int, product):
 
 def plain_fft_conv(u, k, n=None):
     """Causal convolution with real FFTs of size ``n`` (default fft_length(L + Lk - 1)), differentiated by
-    autograd: the previous implementation (with n = 2L before the short-kernel sizes)."""
+    autograd, with n = 2L (the naive size)."""
     n = n or fft_length(u.shape[-1] + k.shape[-1] - 1)
     return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :u.shape[-1]]
 

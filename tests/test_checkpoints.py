@@ -7,18 +7,13 @@ import sys
 import textwrap
 
 import pytest
+import tiny_models
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import h3_hybrid_config, s4d_config, s5_config
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, pipeline
 
-from h3_hf import (
-    H3Config,
-    H3ForCausalLM,
-    S4DConfig,
-    S4DForSequenceClassification,
-    S5Config,
-    S5ForSequenceClassification,
-)
+from h3_hf import H3ForCausalLM, S4DForSequenceClassification, S5ForSequenceClassification
 from h3_hf.data.tokenization import build_word_level_tokenizer
 
 WORDS = [f"w{i}" for i in range(20)]
@@ -27,21 +22,19 @@ LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 def build(kind: str):
     """A small random model of each family and a matching word-level tokenizer, in eval mode."""
-    torch.manual_seed(0)
     if kind == "h3":
         tokenizer = build_word_level_tokenizer(WORDS)
-        config = H3Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, attn_layer_idx=[1],
-                          num_attention_heads=4, state_size=8, pad_token_id=tokenizer.pad_token_id,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-        model = H3ForCausalLM(config)
-    else:
-        tokenizer = build_word_level_tokenizer(WORDS, padding_side="right")
-        common = dict(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, state_size=8,
-                      num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
-                      pad_token_id=tokenizer.pad_token_id)
-        model = (S4DForSequenceClassification(S4DConfig(**common)) if kind == "s4d"
-                 else S5ForSequenceClassification(S5Config(blocks=2, **common)))
-    return model.eval(), tokenizer
+        config = h3_hybrid_config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3,
+                                  num_attention_heads=4, embedding_dropout=0.1, pad_vocab_size_multiple=8,
+                                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id)
+        return tiny_models.build(H3ForCausalLM, config), tokenizer
+    tokenizer = build_word_level_tokenizer(WORDS, padding_side="right")
+    common = dict(vocab_size=len(tokenizer), id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+                  pad_token_id=tokenizer.pad_token_id, dropout=0.1)
+    if kind == "s4d":
+        return tiny_models.build(S4DForSequenceClassification, s4d_config(**common)), tokenizer
+    return tiny_models.build(S5ForSequenceClassification, s5_config(**common)), tokenizer
 
 
 def inputs(tokenizer) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from tiny_models import h3_hybrid_config, s4d_config, s5_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -104,14 +105,13 @@ def test_fsdp_auto_wrap_policy_wraps_each_residual_block(kind):
     """
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from h3_hf import H3Config, H3ForCausalLM, S4DConfig, S4DForSequenceClassification, S5Config, S5Model
+    from h3_hf import H3ForCausalLM, S4DForSequenceClassification, S5Model
 
-    model = {"h3": lambda: H3ForCausalLM(H3Config(vocab_size=20, hidden_size=16, num_hidden_layers=3,
-                                                  num_attention_heads=2, state_size=4, attn_layer_idx=[1])),
-             "s4d": lambda: S4DForSequenceClassification(S4DConfig(vocab_size=20, hidden_size=8, num_hidden_layers=3,
-                                                                   state_size=4, num_labels=2)),
-             "s5": lambda: S5Model(S5Config(vocab_size=20, hidden_size=8, num_hidden_layers=3, state_size=4,
-                                            blocks=2))}[kind]()
+    common = dict(vocab_size=20, num_hidden_layers=3, state_size=4)
+    model = {"h3": lambda: H3ForCausalLM(h3_hybrid_config(**common, embedding_dropout=0.1, pad_vocab_size_multiple=8)),
+             "s4d": lambda: S4DForSequenceClassification(s4d_config(**common, hidden_size=8, num_labels=2,
+                                                                    dropout=0.1)),
+             "s5": lambda: S5Model(s5_config(**common, hidden_size=8, num_labels=2, dropout=0.1))}[kind]()
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
     plugin.set_auto_wrap_policy(model)
     wrapped = [name for name, module in model.named_modules()

@@ -1,10 +1,11 @@
-"""generate() with H3: every decoding strategy with the cache equals the uncached reference."""
+"""H3 generation: every decoding strategy of generate() with the cache equals the uncached reference."""
 
 import pytest
 import torch
+from tiny_models import h3_config
 from transformers import TextStreamer, pipeline
 
-from h3_hf import H3Cache, H3Config, H3ForCausalLM
+from h3_hf import H3Cache, H3ForCausalLM
 from h3_hf.data.tokenization import build_word_level_tokenizer
 from h3_hf.modeling_h3 import CACHE_FIELD
 
@@ -14,10 +15,10 @@ CHARS = list("abcdefghijklmnopqrstuvwxyz .,")
 def make_model(attn=(), head_dim=1, rotary=0, seed=0, mixer="h3"):
     torch.manual_seed(seed)
     tok = build_word_level_tokenizer(CHARS, split_chars=True)
-    config = H3Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, state_size=8, ssm_head_dim=head_dim,
-                      attn_layer_idx=list(attn), num_attention_heads=4, rotary_emb_dim=rotary, mixer_type=mixer,
-                      embedding_dropout=0.0, pad_vocab_size_multiple=1, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, dt_min=0.01, dt_max=0.5)
+    config = h3_config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, ssm_head_dim=head_dim,
+                       attn_layer_idx=list(attn), num_attention_heads=4, rotary_emb_dim=rotary, mixer_type=mixer,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                       dt_min=0.01, dt_max=0.5)
     model = H3ForCausalLM(config).eval()
     with torch.no_grad():  # sharper random weights: decisions are not near ties and depend on the state
         model.backbone.embeddings.weight.normal_(0, 1.0)

@@ -22,6 +22,7 @@ import pytest
 import torch
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, ModelCard
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+from tiny_models import build, h3_hybrid_config, s4d_config, s5_config
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from h3_hf import (
@@ -114,14 +115,14 @@ def hub():
 
 
 def small_model(kind: str):
-    torch.manual_seed(0)
+    """A tiny model of each family; H3 with the default vocabulary padding and dropout that a new user gets."""
     if kind == "h3":
-        return H3ForCausalLM(H3Config(vocab_size=12, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                      state_size=4, attn_layer_idx=[1]))
-    common = dict(vocab_size=12, hidden_size=8, num_hidden_layers=1, state_size=4, num_labels=2)
+        return build(H3ForCausalLM, h3_hybrid_config(vocab_size=12, state_size=4, embedding_dropout=0.1,
+                                                     pad_vocab_size_multiple=8))
+    common = dict(vocab_size=12, hidden_size=8, num_hidden_layers=1, state_size=4, num_labels=2, dropout=0.1)
     if kind == "s4d":
-        return S4DForSequenceClassification(S4DConfig(**common))
-    return S5ForSequenceClassification(S5Config(blocks=2, **common))
+        return build(S4DForSequenceClassification, s4d_config(**common))
+    return build(S5ForSequenceClassification, s5_config(**common))
 
 
 def unpack(files: dict[str, bytes], folder: Path) -> Path:
@@ -141,7 +142,7 @@ def test_model_push_uploads_a_self_contained_checkpoint(kind, hub, tmp_path):
     code = {f"modeling_{kind}.py", f"configuration_{kind}.py", "hub_utils.py", "validation.py", "precision.py",
             "ssm_init.py", "ssm_kernels.py"}
     code |= {"modeling_sequence.py"} if kind != "h3" else set()
-    code |= {"ssm_scan.py"} if kind == "s5" else {"fft_conv.py", "diagonal_ssm.py"}
+    code |= {"ssm_scan.py", "s5_ssm.py"} if kind == "s5" else {"fft_conv.py", "diagonal_ssm.py"}
     expected = {"README.md", "config.json", "model.safetensors", *code}
     expected |= {"generation_config.json"} if kind == "h3" else set()
     assert set(commit["files"]) == expected

@@ -1,26 +1,26 @@
-"""Issue 8 (precision): fp16 and bf16, as autocast and as half-precision weights loaded with ``dtype=``, run forward
-and backward at L = 16k without NaN or inf, with every SSM kernel, FFT and scan in float32; their outputs stay
-close to the float32 model's."""
+"""precision: SSM parameters, kernels, FFTs and scans stay float32 under autocast and with half-precision weights.
+
+fp16 and bf16, as autocast and as half-precision weights loaded with ``dtype=``, run forward and backward at L = 16k
+without NaN or inf, with every SSM kernel, FFT and scan in float32; their outputs stay close to the float32 model's.
+"""
+
+import importlib
 
 import pytest
 import torch
+from tiny_models import build, h3_config, h3_hybrid_config, s4d_config, s5_config
 
-import h3_hf.modeling_s5 as modeling_s5
-from h3_hf import (
-    H3Config,
-    H3ForCausalLM,
-    S4DConfig,
-    S4DForSequenceClassification,
-    S5Config,
-    S5ForSequenceClassification,
-)
+from h3_hf import H3ForCausalLM, S4DForSequenceClassification, S5ForSequenceClassification
+from h3_hf.diagonal_ssm import DiagonalSSMKernel
+from h3_hf.modeling_s5 import S5SSM
+from h3_hf.ssm_kernels import diagonal_kernel, diagonal_state
 
 LENGTH = 16384
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # max |logits - float32 logits| / max |float32 logits| (measured: scripts/check_precision.py)
 TOLERANCE = {"bf16": 0.05, "fp16": 0.01}
-# ||grads - float32 grads|| / ||float32 grads|| over all parameters (up to 19% in bf16 before the LayerNorms ran in
-# float32: their weight and bias gradients are sums over all 16k positions)
+# ||grads - float32 grads|| / ||float32 grads|| over all parameters (up to 19% in bf16 with LayerNorms in bf16: their
+# weight and bias gradients are sums over all 16k positions, hence Float32LayerNorm)
 GRADIENT_TOLERANCE = 0.1
 
 
@@ -29,15 +29,11 @@ def flat_gradients(model) -> torch.Tensor:
 
 
 def make_model(family: str):
-    torch.manual_seed(0)
     if family == "h3":
-        config = H3Config(vocab_size=32, hidden_size=16, num_hidden_layers=2, state_size=8, embedding_dropout=0.0,
-                          pad_vocab_size_multiple=1)
-        return H3ForCausalLM(config)
-    common = dict(input_size=1, hidden_size=16, num_hidden_layers=2, state_size=8, num_labels=3, dropout=0.0)
+        return build(H3ForCausalLM, h3_config(vocab_size=32))
     if family == "s4d":
-        return S4DForSequenceClassification(S4DConfig(**common))
-    return S5ForSequenceClassification(S5Config(blocks=2, **common))
+        return build(S4DForSequenceClassification, s4d_config())
+    return build(S5ForSequenceClassification, s5_config())
 
 
 def inputs_for(family: str, dtype: torch.dtype) -> dict:
@@ -61,7 +57,7 @@ def record_ssm_dtypes(monkeypatch) -> list:
         monkeypatch.setattr(owner, name, wrapped)
     recording(torch.fft, "rfft")
     recording(torch.fft, "irfft")
-    recording(modeling_s5, "associative_scan")
+    recording(importlib.import_module(S5SSM.__module__), "associative_scan")  # the scan S5SSM calls
     return seen
 
 
@@ -96,3 +92,39 @@ def test_half_precision_forward_backward_at_16k(family, mode, precision, monkeyp
     grads = flat_gradients(model)
     grad_error = (grads - expected_grads).norm() / expected_grads.norm()
     assert grad_error <= GRADIENT_TOLERANCE, f"{family} {mode} {precision}: gradient error {grad_error:.3g}"
+
+
+def test_kernel_and_state_products_stay_float32_under_autocast_and_float64_when_asked():
+    """The blocked kernel and state products are real matmuls, which CPU autocast would run in bfloat16: under
+    autocast they give exactly the float32 results; float64 parameters give float64 kernels."""
+    torch.manual_seed(0)
+    module = DiagonalSSMKernel(4, 16)
+    log_da, db, c = module.discrete()
+    u = torch.randn(2, 4, 100)
+    expected_kernel = diagonal_kernel(c[0], db, log_da, 100)
+    expected_state = diagonal_state(u, log_da, db)
+    expected_module = module(100)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kernel = diagonal_kernel(c[0], db, log_da, 100)
+        state = diagonal_state(u, log_da, db)
+        from_module = module(100)
+    assert kernel.dtype == torch.float32 and state.dtype == torch.complex64 and from_module.dtype == torch.float32
+    torch.testing.assert_close(kernel, expected_kernel, rtol=0, atol=0)
+    torch.testing.assert_close(state, expected_state, rtol=0, atol=0)
+    torch.testing.assert_close(from_module, expected_module, rtol=0, atol=0)
+    assert module.double()(16).dtype == torch.float64
+
+
+def test_dtype_loading_keeps_ssm_parameters_in_float32(tmp_path):
+    torch.manual_seed(0)
+    model = H3ForCausalLM(h3_hybrid_config(num_hidden_layers=3, dt_min=0.01, dt_max=0.5)).eval()
+    model.save_pretrained(tmp_path)
+    half = H3ForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert half.backbone.layers[0].mixer.q_proj.weight.dtype == torch.bfloat16
+    assert half.backbone.layers[0].mixer.kernel.log_dt.dtype == torch.float32
+    assert half.backbone.layers[0].mixer.shift_kernel.B.dtype == torch.float32
+    ids = torch.randint(0, 40, (2, 16))
+    logits = half(ids).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    ref = model(ids).logits
+    assert (logits.float() - ref).abs().max() < 0.1 * ref.abs().max()

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) over random small configs and inputs, for H3, S4D and S5.
+"""Equivalences of the H3, S4D and S5 models (hypothesis) over random small configs and inputs.
 
 For every model family: convolution / scan = step-by-step recurrence, batched = unbatched, padded = unpadded,
 save/load = identity; for H3 also cached = uncached generation and chunked prefill = whole prefill.
@@ -14,8 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_h3_model import naive_h3_logits, randomize_ssm
-from test_s5 import naive_s5
+from references import naive_h3_logits, naive_s5, randomize_ssm
 
 from h3_hf import (
     H3Cache,
@@ -479,7 +478,7 @@ def at_8_byte_alignment(t: torch.Tensor) -> torch.Tensor:
 @examples(6)
 @torch.no_grad()
 def test_float64_parameters_at_8_byte_alignment_compute_the_same(data, kind):
-    """A complex128 view of such a parameter crashed BLAS (segmentation fault after loading a float64 S5)."""
+    """A complex128 view of such a parameter must not crash BLAS (a float64 S5 loaded from a file)."""
     if kind == "h3":
         model = draw_h3(data)
         inputs = dict(input_ids=random_ids(data.draw, model.config.vocab_size, data.draw(st.integers(1, 3)),

@@ -1,5 +1,7 @@
-"""resume_from_checkpoint: a run resumed from its half-way checkpoint ends where the uninterrupted run ends and
-reports the training time of the whole run."""
+"""resume_from_checkpoint in the training scripts: a resumed run ends where the uninterrupted run ends.
+
+It also reports the training time of the whole run.
+"""
 
 import json
 import shutil

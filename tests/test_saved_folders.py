@@ -1,5 +1,6 @@
-"""A folder saved by scripts/train_synthetic.py, used the way a new user would: in a fresh interpreter, with and
-without the h3_hf package.
+"""A folder saved by scripts/train_synthetic.py, used the way a new user would, with and without h3_hf.
+
+In a fresh interpreter:
 
 - the tokenizer loads without a prompt: with ``import h3_hf``, or without the package through
   ``PreTrainedTokenizerFast`` or ``AutoTokenizer(..., trust_remote_code=True)``;

@@ -1,5 +1,8 @@
-"""The command lines of scripts/: --help explains each script without doing work, bad option values and bad files
-end in one line on stderr with exit code 2, and the Trainer scripts' help shows the defaults a run really uses."""
+"""The command lines of scripts/: --help, bad option values and bad files.
+
+--help explains each script without doing work, bad option values and bad files end in one line on stderr with exit
+code 2, and the Trainer scripts' help shows the defaults a run really uses.
+"""
 
 import importlib
 import os

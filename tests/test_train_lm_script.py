@@ -1,5 +1,8 @@
-"""scripts/train_lm.py on a tiny corpus: tokenizer training, grouping into blocks, results, resume, reload +
-generate, the other model types, fine-tuning a converted checkpoint, and one-line errors."""
+"""scripts/train_lm.py end to end on a tiny corpus.
+
+Tokenizer training, grouping into blocks, results, resume, reload + generate, the other model types, fine-tuning a
+converted checkpoint, and one-line errors.
+"""
 
 import json
 import math

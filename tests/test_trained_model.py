@@ -1,5 +1,8 @@
-"""Checks on a trained H3 (tests/fixtures/h3-associative-recall): half-precision generation gives float32's greedy
-tokens, and the model evaluates and decodes after 64k tokens of context with a cache of constant size."""
+"""A trained H3 (tests/fixtures/h3-associative-recall) in half precision and at 64k tokens of context.
+
+Half-precision generation gives float32's greedy tokens, and the model evaluates and decodes after 64k tokens of
+context with a cache of constant size.
+"""
 
 import os
 import sys

@@ -1,41 +1,45 @@
-"""The behaviours transformers' own model tests expect of every in-tree model: output flags from the config,
-attention weights from hybrids, from_config dtypes, ``head_dim``, torch.export / compile, resized vocabularies
-that reload, 0/1 attention masks, and input values checked at the boundary only."""
+"""The behaviours transformers' own model tests expect of every in-tree model.
+
+Output flags from the config, attention weights from hybrids, from_config dtypes, ``head_dim``, torch.export /
+compile, resized vocabularies that reload, 0/1 attention masks, and input values checked at the boundary only.
+"""
 
 import copy
 import json
 
 import pytest
+import tiny_models
 import torch
 import torch.nn.functional as F
+from tiny_models import h3_hybrid_config
 from transformers import AutoModelForCausalLM
 
 from h3_hf import (
     H3Config,
     H3ForCausalLM,
     H3Model,
-    S4DConfig,
     S4DForSequenceClassification,
     S4DModel,
-    S5Config,
     S5ForSequenceClassification,
     S5Model,
 )
 from h3_hf.modeling_h3 import CACHE_FIELD
 
 
-def h3_config(**kw):
-    base = dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, state_size=8, ssm_head_dim=2,
-                attn_layer_idx=[1], num_attention_heads=4, embedding_dropout=0.0, pad_vocab_size_multiple=1)
-    return H3Config(**{**base, **kw})
+def h3_config(**overrides):
+    """A wider hybrid than tiny_models' (width 32, 3 layers, 4 attention heads, SSM heads of width 2), vocabulary 64."""
+    return h3_hybrid_config(**{**dict(vocab_size=64, hidden_size=32, num_hidden_layers=3, ssm_head_dim=2,
+                                      num_attention_heads=4), **overrides})
 
 
-def s4d_config(**kw):
-    return S4DConfig(**{**dict(vocab_size=20, hidden_size=16, num_hidden_layers=2, state_size=8, num_labels=3), **kw})
+def s4d_config(**overrides):
+    """S4D over tokens with the default dropout."""
+    return tiny_models.s4d_config(**{**dict(vocab_size=20, dropout=0.1), **overrides})
 
 
-def s5_config(**kw):
-    return S5Config(**{**dict(vocab_size=20, hidden_size=16, state_size=8, num_hidden_layers=2, num_labels=3), **kw})
+def s5_config(**overrides):
+    """S5 over tokens with the default dropout and number of blocks."""
+    return tiny_models.s5_config(**{**dict(vocab_size=20, blocks=4, dropout=0.1), **overrides})
 
 
 def ids_and_mask(vocab=20, batch=2, length=10):
