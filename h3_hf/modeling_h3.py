@@ -35,7 +35,7 @@ from .precision import Float32LayerNorm, compute_dtype, no_autocast, parameter_d
 from .ssm_kernels import diagonal_kernel, diagonal_state, diagonal_step, initial_state_response, shift_kernel
 from .validation import check_class_ids, check_ids_or_embeds, check_mask_values
 
-# Decode parameters derived from the weights (see H3Mixer._decode_parameters), per cache: kept outside the cache's
+# Decode parameters derived from the weights (see SSMMixer._decode_parameters), per cache: kept outside the cache's
 # attributes so that a cache holds states only (torch.export flattens a returned cache by its attributes).
 _STEP_PARAMETERS: "weakref.WeakKeyDictionary[H3Cache, dict]" = weakref.WeakKeyDictionary()
 
@@ -67,7 +67,7 @@ class H3Cache(DynamicCache):
 
     @property
     def step_parameters(self) -> dict:
-        """Per layer: what its decode steps need, derived from the weights once per generation (see H3Mixer)."""
+        """Per layer: what its decode steps need, derived from the weights once per generation (see SSMMixer)."""
         return _STEP_PARAMETERS.setdefault(self, {})
 
     def reset(self):
@@ -201,22 +201,30 @@ class SSMMixer(nn.Module):
         return [k.log_dt, k.inv_A_real, k.A_imag, k.B, k.C, self.D]
 
     def _decode_parameters(self, cache: Cache, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """:meth:`_step_parameters`, kept with the ``H3Cache`` so a generation derives them once, not every token.
+        """:meth:`_step_parameters`, derived once per generation (see :func:`cached_step_parameters`)."""
+        return cached_step_parameters(cache, self.layer_idx, dtype, self._step_weights(),
+                                      lambda: self._step_parameters(dtype))
 
-        The entry lives as long as the cache (one generation) and is keyed on the identity, storage, version
-        counter, dtype and device of every weight read, so an in-place update (optimizer step, ``copy_``,
-        ``load_state_dict``) or a replaced weight or submodule between two steps is seen; an edit through
-        ``.data`` in the middle of a generation is not (it bumps no version counter). Recomputed (not stored)
-        while autograd is on, under ``torch.compile`` and for caches other than ``H3Cache``.
-        """
-        if not isinstance(cache, H3Cache) or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._step_parameters(dtype)
-        store = cache.step_parameters
-        key = (dtype, *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self._step_weights()))
-        entry = store.get(self.layer_idx)
-        if entry is None or entry[0] != key:
-            entry = store[self.layer_idx] = (key, self._step_parameters(dtype))
-        return entry[1]
+
+def cached_step_parameters(cache: Cache, slot, dtype: torch.dtype, weights: list[torch.Tensor],
+                           compute: Callable[[], dict]) -> dict:
+    """``compute()`` (what decode steps need, derived from ``weights``), kept with the ``H3Cache`` under ``slot`` so
+    that a generation derives it once, not every token.
+
+    The entry lives as long as the cache (one generation) and is keyed on ``dtype`` and the identity, storage,
+    version counter, dtype and device of every weight read, so an in-place update (optimizer step, ``copy_``,
+    ``load_state_dict``) or a replaced weight or submodule between two steps is seen; an edit through ``.data`` in
+    the middle of a generation is not (it bumps no version counter). Recomputed (not stored) while autograd is on,
+    under ``torch.compile`` and for caches other than ``H3Cache``.
+    """
+    if not isinstance(cache, H3Cache) or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return compute()
+    store = cache.step_parameters
+    key = (dtype, *((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in weights))
+    entry = store.get(slot)
+    if entry is None or entry[0] != key:
+        entry = store[slot] = (key, compute())
+    return entry[1]
 
 
 def is_decode_step(hidden_states: torch.Tensor, cache: Cache | None) -> bool:
@@ -268,8 +276,8 @@ class H3Mixer(SSMMixer):
             x = hidden_states.to(dtype)
             params = self._decode_parameters(cache, dtype) if decoding else None
             # 1. projections, each (B, d, L) contiguous along L (what the FFTs and the gating read)
-            if decoding:  # one matmul for q, k and v
-                q, k, v = F.linear(x, params["qkv_weight"], params["qkv_bias"]).transpose(1, 2).chunk(3, dim=1)
+            if decoding:  # one (batch, d) @ (d, 3d) product for q, k and v
+                q, k, v = torch.addmm(params["qkv_bias"], x[:, 0], params["qkv_weight_t"])[..., None].chunk(3, dim=1)
             else:
                 q, k, v = (torch.baddbmm(lin.bias.to(dtype)[:, None], lin.weight.to(dtype).expand(len(x), -1, -1),
                                          x.transpose(1, 2)) for lin in (self.q_proj, self.k_proj, self.v_proj))
@@ -282,7 +290,11 @@ class H3Mixer(SSMMixer):
             z = self._diag_step(kv, cache, params) if decoding else self._diag_convolve(kv, cache)
             # 5. gate with q, sum over the head's input dim, output projection
             y = self._readout(q, z)
-            out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype), self.output_linear.bias.to(dtype))
+            if decoding:
+                out = torch.addmm(params["out_bias"], y[..., 0], params["out_weight_t"])[:, None]
+            else:
+                out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype),
+                               self.output_linear.bias.to(dtype))
         return out.to(hidden_states.dtype)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -315,11 +327,14 @@ class H3Mixer(SSMMixer):
         return (window.to(k.dtype) * params["shift"]).sum(-1, keepdim=True) + params["shift_skip"] * k
 
     def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """q/k/v as one (3d, d) weight and (3d,) bias, the shift kernel oldest-lag-first (d, N), ssm_k_D (d, 1),
-        and dA, dB, C (H, N) and D (H,) of the diagonal SSM."""
+        """q/k/v as one (d, 3d) transposed weight and (3d,) bias, the output projection's (d, d) transposed weight
+        and bias, the shift kernel oldest-lag-first (d, N), ssm_k_D (d, 1), and dA, dB, C (H, N) and D (H,) of the
+        diagonal SSM. Transposed weights: a one-token product x @ W^T reads W^T row by row (faster on CPU)."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        params = {"qkv_weight": torch.cat([p.weight for p in projections]).to(dtype),
-                  "qkv_bias": torch.cat([p.bias for p in projections]).to(dtype)}
+        params = {"qkv_weight_t": torch.cat([p.weight for p in projections]).to(dtype).t().contiguous(),
+                  "qkv_bias": torch.cat([p.bias for p in projections]).to(dtype),
+                  "out_weight_t": self.output_linear.weight.to(dtype).t().contiguous(),
+                  "out_bias": self.output_linear.bias.to(dtype)}
         if self.has_shift_ssm:
             params.update(shift=self.shift_kernel().to(dtype).flip(-1), shift_skip=self.ssm_k_D.to(dtype)[:, None])
         if self.has_diag_ssm:
@@ -327,7 +342,7 @@ class H3Mixer(SSMMixer):
         return params
 
     def _step_weights(self) -> list[torch.Tensor]:
-        weights = [t for p in (self.q_proj, self.k_proj, self.v_proj) for t in (p.weight, p.bias)]
+        weights = [t for p in (self.q_proj, self.k_proj, self.v_proj, self.output_linear) for t in (p.weight, p.bias)]
         if self.has_shift_ssm:
             weights += [self.shift_kernel.B, self.shift_kernel.C, self.ssm_k_D]
         if self.has_diag_ssm:
@@ -473,13 +488,23 @@ class H3Attention(nn.Module):
 class H3MLP(nn.Module):
     """fc2(gelu_tanh(fc1(x))): (batch, length, d) -> (batch, length, d)."""
 
-    def __init__(self, config: H3Config):
+    def __init__(self, config: H3Config, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        if is_decode_step(x, cache):
+            # one token: fc1 as (batch, d) @ (d, 4d) with fc1's weight transposed once per generation; CPU BLAS
+            # reads that layout faster for this shape (fc2's own layout is the faster one for its shape)
+            weight = self.fc1.weight
+            params = cached_step_parameters(cache, ("mlp", self.layer_idx), weight.dtype, [weight, self.fc1.bias],
+                                            lambda: {"fc1_weight_t": weight.t().contiguous()})
+            hidden = torch.addmm(self.fc1.bias, x[:, 0], params["fc1_weight_t"])[:, None]
+        else:
+            hidden = self.fc1(x)
+        return self.fc2(F.gelu(hidden, approximate="tanh"))
 
 
 class H3Block(GradientCheckpointingLayer):
@@ -492,7 +517,7 @@ class H3Block(GradientCheckpointingLayer):
         mixer_class = H3Attention if self.is_attention else MIXER_CLASSES[config.mixer_type]
         self.mixer = mixer_class(config, layer_idx)
         self.norm2 = Float32LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
-        self.mlp = H3MLP(config)
+        self.mlp = H3MLP(config, layer_idx)
         self.dropout = nn.Dropout(config.resid_dropout)
 
     def forward(self, hidden_states: torch.Tensor, causal_mask=None, ssm_mask=None, position_ids=None,
@@ -508,7 +533,7 @@ class H3Block(GradientCheckpointingLayer):
         else:
             mixed = self.mixer(normed, ssm_mask=ssm_mask, past_key_values=past_key_values)
         hidden_states = hidden_states + self.dropout(mixed)
-        return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states))), weights
+        return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states), past_key_values)), weights
 
 
 class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):

@@ -7,6 +7,8 @@ cast results back to the activation dtype at the layer boundary.
 Plain PyTorch: checkpoints carry this file with their code.
 """
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,8 +40,11 @@ def parameter_dtype() -> torch.dtype:
 
 
 def no_autocast(device_type: str):
-    """Context manager that switches autocast off so SSM math keeps its float32 inputs."""
-    return torch.autocast(device_type=device_type, enabled=False)
+    """Context manager that switches autocast off so SSM math keeps its float32 inputs (a no-op context when
+    autocast is off already, which spares the decode steps the cost of entering and leaving one)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class Float32LayerNorm(nn.LayerNorm):
@@ -52,6 +57,9 @@ class Float32LayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type)
+                and all(p is None or p.dtype == x.dtype for p in (self.weight, self.bias))):
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)  # nothing to cast
         with no_autocast(x.device.type):
             dtype = torch.promote_types(x.dtype, torch.float32)
             weight = None if self.weight is None else self.weight.to(dtype)

@@ -55,6 +55,18 @@ def _powers(log_da: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
     return torch.polar(torch.exp(log_da.real.unsqueeze(-1) * lags), log_da.imag.unsqueeze(-1) * lags)
 
 
+def per_channel_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a[..., h] @ b[h] for every channel h: (..., H, M, K) @ (H, K, P) -> (..., H, M, P), as one batched product over
+    H with the leading dims of ``a`` folded into its rows (broadcasting ``b`` over them instead would copy it for
+    every leading index, and strided operands make the CPU product loop over H with a copy per channel)."""
+    if a.dim() == 3:
+        return torch.bmm(a.contiguous(), b.contiguous())
+    lead = a.shape[:-3]
+    rows = a.movedim(-3, 0).reshape(a.shape[-3], -1, a.shape[-1])  # (H, prod(lead) * M, K)
+    out = torch.bmm(rows, b.contiguous())
+    return out.reshape(a.shape[-3], *lead, a.shape[-2], b.shape[-1]).movedim(0, -3)
+
+
 def vandermonde_real(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, offset: int = 0,
                      chunk_size: int | None = None) -> torch.Tensor:
     """Re sum_n coeff[..., h, n] * dA[h, n]^(offset + l) for l in [0, length).
@@ -81,7 +93,7 @@ def vandermonde_real(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, 
     outer = _powers(log_da, offset + block * arange(blocks))  # (H, N, J)
     left = torch.view_as_real(coeff.unsqueeze(-1) * outer).transpose(-3, -2)  # (..., H, J, N, 2)
     with no_autocast(log_da.device.type):  # a real matmul: autocast would run it in half precision
-        product = left.flatten(-2) @ inner.flatten(-3, -2)  # (..., H, J, 2N) @ (H, 2N, C)
+        product = per_channel_matmul(left.flatten(-2), inner.flatten(-3, -2))  # (..., H, J, 2N) @ (H, 2N, C)
     return product.flatten(-2)[..., :length]
 
 
@@ -106,10 +118,11 @@ def vandermonde_transpose(u: torch.Tensor, log_da: torch.Tensor, *, chunk_size: 
     inner = _powers(log_da, arange(block)).transpose(-1, -2)  # (H, C, N)
     with no_autocast(log_da.device.type):  # autocast would run the real matmuls in half precision
         if rev.is_complex():
-            partial = rev.to(inner.dtype) @ inner
-        else:
-            rev = rev.to(inner.real.dtype)
-            partial = torch.complex(rev @ inner.real, rev @ inner.imag)  # (..., H, J, N)
+            partial = per_channel_matmul(rev.to(inner.dtype), inner)
+        else:  # real and imaginary parts in one real product: (..., H, J, C) @ (H, C, 2N)
+            n = inner.shape[-1]
+            product = per_channel_matmul(rev.to(inner.real.dtype), torch.cat([inner.real, inner.imag], dim=-1))
+            partial = torch.complex(product[..., :n], product[..., n:])  # (..., H, J, N)
     outer = _powers(log_da, block * arange(blocks)).transpose(-1, -2)  # (H, J, N)
     return (partial * outer).sum(-2)
 
@@ -182,4 +195,4 @@ def shift_kernel(b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """
     n = b.shape[-1]
     windows = F.pad(c, (0, n)).unfold(-1, n, 1)[:, :n]  # windows[d, i, j] = C[d, i + j]
-    return torch.einsum("dij,dj->di", windows, b)
+    return (windows * b[:, None, :]).sum(-1)  # not einsum: a batched product over D loops over the channels on CPU

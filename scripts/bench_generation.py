@@ -4,6 +4,15 @@ Example:
     python scripts/bench_generation.py                       # d=256, 4 layers, contexts 128..16384, batch 1 and 16
     python scripts/bench_generation.py --contexts 128 1024 --batches 1 --json out.json --plot out.png
     python scripts/bench_generation.py --compile              # adds H3 (pure) with torch.compile'd decode steps
+    python scripts/bench_generation.py --mode generate --shape 125m --contexts 128 2048 --batches 1 8
+
+Two modes. ``--mode steps`` (the default, described next) times the model's own decode steps. ``--mode
+generate`` times what users call: ``model.generate()`` (greedy) with a logits processor that stamps the clock
+at every step, so the prefill (call to first stamp) and each decode step (between stamps) are timed from inside
+the generation loop; the median step and the prefill of the best of ``--rounds`` calls are reported, with prefill
+tokens/s and the cache's bytes after the call. ``--shape 125m`` builds the released sizes: H3-125M (width 768,
+12 layers, attention at layer 6), a pure-SSM H3 of the same shape, GPT-2 124M and Mamba 130M (24 blocks), all with
+the GPT-2 vocabulary (50,257); ``--shape toy`` is width 256, 4 layers, vocabulary 1,024.
 
 All models have the same width and vocabulary and about the same parameter count (H3 and GPT-2: the same depth;
 Mamba: twice the blocks, since a Mamba block has no MLP) and run in one process on the same threads. For each
@@ -25,7 +34,14 @@ import time
 import bench_common
 import torch
 from script_utils import ScriptArgumentParser
-from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LogitsProcessor,
+    LogitsProcessorList,
+    MambaConfig,
+    MambaForCausalLM,
+)
 from transformers.cache_utils import StaticCache
 from transformers.utils import logging as hf_logging
 
@@ -34,6 +50,12 @@ from h3_hf import H3Config, H3ForCausalLM
 H3_PURE, H3_HYBRID, H3_COMPILED, GPT2, GPT2_STATIC, MAMBA = (
     "H3 (pure)", "H3 (hybrid, 1 attn)", "H3 (pure, compiled)", "GPT-2 (KV cache)", "GPT-2 (static cache)",
     "Mamba (recurrent)")
+
+
+SHAPES = {  # width, layers (Mamba: twice as many blocks), attention heads, vocabulary
+    "toy": dict(hidden_size=256, layers=4, heads=4, vocab=1024),
+    "125m": dict(hidden_size=768, layers=12, heads=12, vocab=50257),
+}
 
 
 def build_models(d: int, layers: int, heads: int, vocab: int, max_context: int, compile_h3: bool) -> dict:
@@ -111,6 +133,80 @@ class Decoder:
         return times
 
 
+class StepClock(LogitsProcessor):
+    """Stamps ``time.perf_counter()`` each time ``generate()`` scores a step (leaves the scores unchanged)."""
+
+    def __init__(self):
+        self.stamps = []
+
+    def __call__(self, input_ids, scores):
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+@torch.no_grad()
+def time_generate(model, prompt: torch.Tensor, new_tokens: int) -> dict:
+    """One greedy ``generate()`` of ``new_tokens`` after ``prompt`` (batch, C): prefill seconds (call to first
+    stamp: the prompt's forward pass and generate()'s setup), the median decode step and the cache's bytes."""
+    clock = StepClock()
+    start = time.perf_counter()
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+                         logits_processor=LogitsProcessorList([clock]))
+    steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or getattr(out, "cache_params", None)
+    cache_bytes = sum(t.numel() * t.element_size() for t in cache_tensors(cache)) if cache is not None else 0
+    return {"prefill_seconds": clock.stamps[0] - start, "seconds_per_token": statistics.median(steps),
+            "cache_bytes": cache_bytes}
+
+
+def run_generate_mode(models: dict, args) -> dict:
+    """``--mode generate``: every (batch, context, model) in rounds; best prefill and best median step."""
+    results = {name: {str(b): {} for b in args.batches} for name in models}
+    runs = [(batch, context, name) for batch in args.batches for context in args.contexts for name in models]
+    prompts = {(batch, context): torch.randint(0, args.vocab, (batch, context)) for batch, context, _ in runs}
+    for model in models.values():  # warm-up: first calls allocate and pick kernels
+        time_generate(model, prompts[args.batches[0], args.contexts[0]], 3)
+    for _ in range(args.rounds):
+        for batch, context, name in runs:
+            sample = time_generate(models[name], prompts[batch, context], args.steps + 1)
+            best = results[name][str(batch)].setdefault(str(context), sample)
+            for key in ("prefill_seconds", "seconds_per_token"):
+                best[key] = min(best[key], sample[key])
+    for name in models:
+        for batch in map(str, args.batches):
+            for context, r in results[name][batch].items():
+                r["prefill_tokens_per_second"] = int(batch) * int(context) / r["prefill_seconds"]
+                r["tokens_per_second"] = int(batch) / r["seconds_per_token"]
+    return results
+
+
+def print_generate_tables(results: dict, args, machine: str):
+    names = list(results)
+    reference = H3_PURE if H3_PURE in names else names[0]
+    base = str(min(args.contexts))
+    for batch in map(str, args.batches):
+        for title, key, unit in [("generate(): decode step (ms)", "seconds_per_token", 1e3),
+                                 ("generate(): prefill (tokens/s)", "prefill_tokens_per_second", 1),
+                                 ("generate(): cache after the call (MiB)", "cache_bytes", 2**-20)]:
+            print(f"\n{title}, batch {batch}, shape {args.shape}, {machine}")
+            ratios = [n for n in names if n != reference]
+            print("| context | " + " | ".join(names) + "".join(f" | {n} / {reference}" for n in ratios) + " |")
+            print("|" + "---|" * (1 + len(names) + len(ratios)))
+            for context in map(str, args.contexts):
+                r = {n: results[n][batch][context][key] for n in names}
+                cells = []
+                for n in names:
+                    cell = f"{unit * r[n]:.2f}" if key != "prefill_tokens_per_second" else f"{r[n]:.0f}"
+                    if key == "seconds_per_token":
+                        cell += f" ({r[n] / results[n][batch][base][key]:.2f}x)"
+                    cells.append(cell)
+                print(f"| {context} | " + " | ".join(cells) + "".join(f" | {r[n] / r[reference]:.2f}" for n in ratios)
+                      + " |")
+        print(f"(decode: in parentheses latency / latency at context {base}; ratios > 1: that model takes longer, "
+              "or for prefill tokens/s, processes more per second)")
+
+
 def plot(results: dict, batches: list[int], path: str, title: str):
     import matplotlib
 
@@ -128,6 +224,12 @@ def plot(results: dict, batches: list[int], path: str, title: str):
 
 def main(argv=None):
     parser = ScriptArgumentParser(__doc__)
+    parser.add_argument("--mode", choices=["steps", "generate"], default="steps",
+                        help="time the models' decode steps, or generate() from inside its loop")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                        help="preset width/layers/heads/vocab (overrides those four options)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="only these models (names as in the tables; default: all)")
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 512, 2048, 8192, 16384],
                         help="context lengths C (prompt tokens prefilled before the timed steps)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes of the decode steps")
@@ -142,13 +244,37 @@ def main(argv=None):
     parser.add_argument("--json", default="bench_generation.json", help="where the timings are written")
     parser.add_argument("--plot", default="bench_generation.png", help="where the figure is written")
     args = parser.parse_args(argv)
+    if args.shape:
+        shape = SHAPES[args.shape]
+        args.hidden_size, args.layers, args.heads, args.vocab = (shape[k] for k in ("hidden_size", "layers", "heads",
+                                                                                    "vocab"))
+    all_names = [H3_PURE, H3_HYBRID, GPT2, GPT2_STATIC, MAMBA] + ([H3_COMPILED] if args.compile else [])
+    unknown = sorted(set(args.models or []) - set(all_names))
+    if unknown:
+        parser.error(f"argument --models: unknown {unknown}; choose from {all_names}")
+    if min(args.contexts) < 1 or min(args.batches) < 1 or args.steps < 1 or args.rounds < 1:
+        parser.error("--contexts, --batches, --steps and --rounds must be >= 1")
     hf_logging.set_verbosity_error()  # Mamba's "falling back to the PyTorch implementation" notices
     torch.manual_seed(0)
-    models = build_models(args.hidden_size, args.layers, args.heads, args.vocab, max(args.contexts), args.compile)
-    step_fns = {name: m.forward for name, m in models.items()}
-    if args.compile:
-        step_fns[H3_COMPILED] = torch.compile(models[H3_COMPILED].forward)
+    models = build_models(args.hidden_size, args.layers, args.heads, args.vocab, max(args.contexts) + args.steps + 8,
+                          args.compile)
+    if args.mode == "generate":
+        models.pop(GPT2_STATIC)  # generate() builds its own cache
+        models.pop(H3_COMPILED, None)
+    if args.models:
+        models = {name: m for name, m in models.items() if name in args.models}
     sizes = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    machine = bench_common.machine()
+    if args.mode == "generate":
+        results = run_generate_mode(models, args)
+        print_generate_tables(results, args, machine)
+        print("\nParameters: " + ", ".join(f"{n} {sizes[n] / 1e6:.2f}M" for n in models))
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "machine": machine, "parameters": sizes, "results": results}, f, indent=2)
+        return
+    step_fns = {name: m.forward for name, m in models.items()}
+    if H3_COMPILED in models:
+        step_fns[H3_COMPILED] = torch.compile(models[H3_COMPILED].forward)
     results = {name: {str(b): {} for b in args.batches} for name in models}
     prefills = {}
     for context in args.contexts:
@@ -178,17 +304,17 @@ def main(argv=None):
                   f"cache {cache_bytes[name, context] / 2**20:8.2f} MiB", flush=True)
         del decoders
 
-    machine = bench_common.machine()
     base = str(min(args.contexts))
     for batch in map(str, args.batches):
         print(f"\nDecode latency per token (ms), batch {batch}, d={args.hidden_size}, {args.layers} layers, {machine}")
-        ratio_names = [GPT2, GPT2_STATIC, MAMBA]
-        print("| context | " + " | ".join(models) + "".join(f" | {n} / H3 (pure)" for n in ratio_names) + " |")
-        print("|" + "---|" * (len(models) + 4))
+        reference = H3_PURE if H3_PURE in models else next(iter(models))
+        ratio_names = [n for n in (GPT2, GPT2_STATIC, MAMBA) if n in models and n != reference]
+        print("| context | " + " | ".join(models) + "".join(f" | {n} / {reference}" for n in ratio_names) + " |")
+        print("|" + "---|" * (len(models) + len(ratio_names) + 1))
         for context in map(str, args.contexts):
             r = {name: results[name][batch][context]["seconds_per_token"] for name in models}
             cells = [f"{1e3 * r[n]:.2f} ({r[n] / results[n][batch][base]['seconds_per_token']:.2f}x)" for n in models]
-            ratios = "".join(f" | {r[n] / r[H3_PURE]:.2f}" for n in ratio_names) + " |"
+            ratios = "".join(f" | {r[n] / r[reference]:.2f}" for n in ratio_names) + " |"
             print(f"| {context} | " + " | ".join(cells) + ratios)
         print(f"(in parentheses: latency / latency at context {base})")
         print(f"\nCache memory (MiB), batch {batch}")

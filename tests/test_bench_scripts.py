@@ -1,5 +1,7 @@
-"""The benchmark scripts run end to end at toy sizes and report what their tables claim (cache memory constant
-in the context for H3 and linear for GPT-2; training memory and step time for every model)."""
+"""The benchmark scripts of scripts/ run end to end at toy sizes and report what their tables claim.
+
+Cache memory constant in the context for H3 and linear for GPT-2; training memory and step time for every model.
+"""
 
 import json
 import os
@@ -34,6 +36,41 @@ def test_bench_generation_reports_constant_h3_cache_and_growing_kv_cache(tmp_pat
     assert results["H3 (pure)"]["3"]["16"]["cache_bytes"] == 3 * results["H3 (pure)"]["1"]["16"]["cache_bytes"]
 
 
+def test_bench_generation_generate_mode_times_prefill_and_steps_inside_generate(tmp_path):
+    out = tmp_path / "generate.json"
+    run_script("bench_generation.py", "--mode", "generate", "--contexts", "16", "64", "--batches", "1", "2",
+               "--hidden-size", "32", "--layers", "2", "--heads", "2", "--vocab", "50", "--steps", "3", "--rounds", "1",
+               "--models", "H3 (pure)", "GPT-2 (KV cache)", "--json", str(out))
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert set(results) == {"H3 (pure)", "GPT-2 (KV cache)"}
+    for batch in ("1", "2"):
+        h3, gpt2 = results["H3 (pure)"][batch], results["GPT-2 (KV cache)"][batch]
+        # after generate(): H3's state does not grow with the prompt, GPT-2's keys/values do (prompt + new tokens)
+        assert h3["16"]["cache_bytes"] == h3["64"]["cache_bytes"] > 0
+        assert gpt2["64"]["cache_bytes"] > gpt2["16"]["cache_bytes"] > 0
+        for context in ("16", "64"):
+            for r in (h3[context], gpt2[context]):
+                assert r["prefill_seconds"] > 0 and r["seconds_per_token"] > 0
+                expected = int(batch) * int(context) / r["prefill_seconds"]
+                assert r["prefill_tokens_per_second"] == pytest.approx(expected)
+
+
+def test_count_generate_ops_reports_prefill_and_decode_counts(capsys):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import count_generate_ops
+
+    count_generate_ops.main(["--shape", "toy", "--prompt", "16", "--new_tokens", "4", "--models", "h3", "gpt2"])
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| h3") or line.startswith("| gpt2")}
+    assert set(rows) == {"h3", "gpt2"}
+    prefill, first_step, per_step = (float(cell) for cell in rows["h3"])
+    # no per-channel loop left: the prefill and the first step (which derives the step parameters) stay within a
+    # few thousand ops for this 4-layer model, and a further step does not cost more than GPT-2's
+    assert prefill < 4000 and first_step < 2000 and per_step <= 1.2 * float(rows["gpt2"][2])
+
+
+@pytest.mark.slow  # four fresh processes (timing and memory for each model): about 45 s
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak memory is read from Linux /proc")
 def test_bench_training_times_and_measures_h3_and_gpt2(tmp_path):
     out = tmp_path / "train.json"
@@ -91,6 +128,7 @@ def test_profile_training_prints_the_ops_of_one_step():
     assert len(rows) >= 3 and "L=64" in result.stdout
 
 
+@pytest.mark.slow  # builds and times two packages' models: about 30 s
 def test_bench_revisions_times_both_checkouts_on_the_same_models(tmp_path):
     out = tmp_path / "revisions.json"
     run_script("bench_revisions.py", "--baseline", ROOT, "--contexts", "16", "--steps", "2", "--rounds", "2",
