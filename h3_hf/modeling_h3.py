@@ -27,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import can_return_tuple
 
-from .configuration_h3 import H3Config
+from .configuration_h3 import MIXER_TYPES, H3Config
 from .diagonal_ssm import DiagonalSSMKernel
 from .fft_conv import fft_causal_conv
 from .hub_utils import CodeInCheckpointMixin
@@ -413,8 +413,7 @@ class S4DMixer(SSMMixer):
         return self._diag_weights()
 
 
-MIXER_CLASSES = {"h3": H3Mixer, "h3_shift_only": H3ShiftOnlyMixer, "h3_diag_only": H3DiagOnlyMixer,
-                 "s4d": S4DMixer}
+MIXER_CLASSES = dict(zip(MIXER_TYPES, (H3Mixer, H3ShiftOnlyMixer, H3DiagOnlyMixer, S4DMixer), strict=True))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
