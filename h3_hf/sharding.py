@@ -14,6 +14,7 @@ initialised, e.g. by torchrun). docs/distributed.md has a complete loop and the 
 """
 
 import copy
+import gc
 import json
 import os
 
@@ -31,7 +32,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 __all__ = ["check_trainer_fsdp", "float32_modules", "gather_full_state_dict", "load_sharded_checkpoint",
            "residual_blocks", "save_pretrained_from_shards", "save_sharded_checkpoint", "shard_model",
-           "unsharded_class"]
+           "shutdown_process_group", "unsharded_class"]
 
 FLOAT32_POLICY = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
 
@@ -184,6 +185,22 @@ def load_sharded_checkpoint(checkpoint_dir: str, model: nn.Module, optimizer: to
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     with open(os.path.join(checkpoint_dir, "extra.json")) as f:
         return json.load(f)
+
+
+def shutdown_process_group() -> None:
+    """End a distributed run: wait for every rank, then destroy the process groups while Python is fully alive.
+
+    Call it on every rank instead of ``dist.destroy_process_group()`` at the end of a script. A gloo worker thread
+    can still be releasing the tensors of the last collective (e.g. an ``all_reduce`` of the loss) when the main
+    thread returns; if the process group is then freed during interpreter shutdown, that thread needs the GIL
+    after Python has finalised and the process aborts (SIGABRT, "terminate called without an active exception").
+    Destroying the groups and collecting the garbage that refers to them here (their threads are joined in the
+    destructor) leaves nothing for shutdown.
+    """
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def check_trainer_fsdp(training_args) -> None:

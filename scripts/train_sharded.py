@@ -26,7 +26,13 @@ from tqdm.auto import tqdm
 from h3_hf import H3Config, H3ForCausalLM
 from h3_hf.data import load_synthetic, synthetic_parameters, synthetic_tokenizer
 from h3_hf.data.synthetics import answer_accuracy
-from h3_hf.sharding import load_sharded_checkpoint, save_pretrained_from_shards, save_sharded_checkpoint, shard_model
+from h3_hf.sharding import (
+    load_sharded_checkpoint,
+    save_pretrained_from_shards,
+    save_sharded_checkpoint,
+    shard_model,
+    shutdown_process_group,
+)
 
 
 def parse_args(argv=None):
@@ -119,7 +125,7 @@ def main(argv=None):
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
         print(json.dumps(results))
-    dist.destroy_process_group()
+    shutdown_process_group()
 
 
 if __name__ == "__main__":

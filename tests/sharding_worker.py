@@ -38,6 +38,7 @@ from h3_hf.sharding import (
     save_pretrained_from_shards,
     save_sharded_checkpoint,
     shard_model,
+    shutdown_process_group,
 )
 
 KINDS = ("h3", "s4d", "s5")
@@ -170,7 +171,7 @@ def main(out_dir: str):
             save_file({"logits": logits.contiguous()}, os.path.join(out, "logits.safetensors"))
             with open(os.path.join(out, "info.json"), "w") as f:
                 json.dump(info, f, indent=1)
-    dist.destroy_process_group()
+    shutdown_process_group()
 
 
 if __name__ == "__main__":

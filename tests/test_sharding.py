@@ -135,3 +135,16 @@ def test_trainer_fsdp_on_cpu_is_refused_in_one_line(script, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) <= 2  # usage line + the error
     assert "--fsdp" in err.splitlines()[-1] and "h3_hf.sharding" in err
+
+
+def test_shutdown_process_group_destroys_the_group_after_a_collective(tmp_path):
+    import torch.distributed as dist
+
+    from h3_hf.sharding import shutdown_process_group
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    loss = torch.ones(3)
+    dist.all_reduce(loss)
+    shutdown_process_group()
+    assert not dist.is_initialized()
+    assert loss.tolist() == [1.0, 1.0, 1.0]
