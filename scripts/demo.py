@@ -5,7 +5,8 @@ Example:
     python scripts/demo.py --max_seconds 60 --seed 3 --output_dir runs/demo
 
 The paper's 2-layer, width-32 H3 learns to recall the value of a key from a list of key-value pairs (vocabulary 10,
-length 20) with transformers' Trainer (a progress bar shows the steps). Training stops when the validation accuracy
+length 20) with transformers' Trainer (a progress bar shows the steps) and the recipe of scripts/train_synthetic.py
+(the paper's loss on every position, AdamW 3e-3, cosine decay). Training stops when the validation accuracy
 reaches --target_accuracy or when --max_seconds of training have passed, whichever comes first, so the demo ends in
 about the same time on a busy machine (with a lower accuracy, which it reports). The model and tokenizer are saved,
 reloaded with AutoModelForCausalLM / AutoTokenizer, scored on the test split and asked to complete test prompts with
@@ -32,9 +33,9 @@ from transformers.utils import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from script_utils import ScriptArgumentParser, add_threads_argument, set_threads  # noqa: E402
+from train_synthetic import SyntheticArguments, build_model, script_defaults, training_split  # noqa: E402
 
 import h3_hf  # noqa: E402,F401  (registers the Auto classes)
-from h3_hf import H3Config, H3ForCausalLM  # noqa: E402
 from h3_hf.data.synthetics import (  # noqa: E402
     answer_accuracy,
     load_synthetic,
@@ -72,8 +73,9 @@ def parse_args(argv: list[str]):
     parser.add_argument("--output_dir", default=None, help="where the model is saved (default: a new temporary "
                         "folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the model (default: 0)")
-    parser.add_argument("--target_accuracy", type=float, default=0.99, help="stop when the validation accuracy "
-                        "reaches it (default: 0.99)")
+    target = SyntheticArguments.target_accuracy
+    parser.add_argument("--target_accuracy", type=float, default=target, help="stop when the validation accuracy "
+                        f"reaches it (default: {target}, train_synthetic.py's)")
     parser.add_argument("--max_seconds", type=float, default=150.0, help="stop training after this many seconds "
                         "(default: 150)")
     add_threads_argument(parser)
@@ -85,13 +87,6 @@ def parse_args(argv: list[str]):
     return args
 
 
-def build_model(vocab_size: int, pad_token_id: int) -> H3ForCausalLM:
-    """The paper's synthetic-task H3: 2 layers, width 32, state size 64."""
-    config = H3Config(vocab_size=vocab_size, pad_vocab_size_multiple=1, hidden_size=32, num_hidden_layers=2,
-                      state_size=64, num_attention_heads=4, embedding_dropout=0.1, pad_token_id=pad_token_id)
-    return H3ForCausalLM(config)
-
-
 def compute_metrics(eval_pred) -> dict:
     return {"accuracy": answer_accuracy(eval_pred.predictions, eval_pred.label_ids)}
 
@@ -100,16 +95,14 @@ def train(args, output_dir: str):
     """Trains and saves the model; returns (trainer, data, tokenizer, callback, seconds)."""
     data = load_synthetic(TASK, seed=args.seed)
     tokenizer = synthetic_tokenizer(synthetic_parameters(data)["vocab_size"])
+    recipe = SyntheticArguments(task=TASK)  # train_synthetic.py's defaults: the paper's H3 and loss
+    train_split = training_split(data, recipe.loss_on)
     torch.manual_seed(args.seed)
-    model = build_model(len(tokenizer), tokenizer.pad_token_id)
-    # the loss on the scored answer (as in Zoology's MQAR): what reaches the paper's accuracy within CPU minutes
-    training_args = TrainingArguments(
-        output_dir=output_dir, seed=args.seed, learning_rate=3e-3, weight_decay=0.1, per_device_train_batch_size=32,
-        per_device_eval_batch_size=250, num_train_epochs=80, lr_scheduler_type="cosine", warmup_steps=0.1,
-        eval_strategy="steps", eval_steps=100, logging_steps=100, save_strategy="no", report_to="none",
-        dataloader_num_workers=0, dataloader_pin_memory=False, max_grad_norm=1.0, use_cpu=True)
+    model = build_model(recipe, len(tokenizer), tokenizer.pad_token_id)
+    training_args = TrainingArguments(**{**script_defaults(TASK), "eval_steps": 100, "logging_steps": 100},
+                                      output_dir=output_dir, seed=args.seed, use_cpu=True)
     stopper = StopAtAccuracyOrTime(args.target_accuracy, args.max_seconds)
-    trainer = Trainer(model=model, args=training_args, train_dataset=data["train"], eval_dataset=data["validation"],
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_split, eval_dataset=data["validation"],
                       data_collator=default_data_collator, compute_metrics=compute_metrics,
                       preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
                       callbacks=[stopper], processing_class=tokenizer)

@@ -73,8 +73,9 @@ def parse_args(argv: list[str]):
                         help="train again the runs of OUTPUT_DIR that were made with other flags")
     parser.add_argument("--summarize_only", action="store_true",
                         help="train nothing: tabulate the runs of OUTPUT_DIR that have a results.json")
-    parser.add_argument("--target_accuracy", type=float, default=1.0,
-                        help="each run stops once its validation accuracy reaches this (<= 0: never)")
+    parser.add_argument("--target_accuracy", type=float, default=None,
+                        help="each run stops once its validation accuracy reaches this (above 1: never; default: "
+                        "train_synthetic.py's, 0.995)")
     return parser, parser.parse_args(argv)
 
 
@@ -87,7 +88,7 @@ def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def plan_runs(args, extra: list[str]) -> list[Run]:
     """Every (task, model, seed) of the grid with its run folder and flags."""
-    if args.target_accuracy > 0:
+    if args.target_accuracy is not None:
         extra = ["--target_accuracy", str(args.target_accuracy), *extra]
     return [Run(task, model, seed, os.path.join(args.output_dir, f"{task}-{model}-seed{seed}"),
                 ["--task", task, "--model", model, "--seed", str(seed), *extra])
@@ -204,11 +205,13 @@ def summarize(results: list[dict]) -> dict:
         summary[task] = {}
         for model, runs in models.items():
             acc = [100 * r["eval_accuracy"] for r in runs]
+            steps, seconds = [r["global_step"] for r in runs], [r["train_runtime"] for r in runs]
             summary[task][model] = {
                 "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else None,
                 "accuracies": acc, "seeds": [r["seed"] for r in runs],
-                "steps_mean": statistics.mean(r["global_step"] for r in runs),
-                "seconds_mean": statistics.mean(r["train_runtime"] for r in runs),
+                "steps_mean": statistics.mean(steps), "seconds_mean": statistics.mean(seconds),
+                "spread": {name: [min(values), statistics.median(values), max(values)]
+                           for name, values in (("accuracy", acc), ("steps", steps), ("seconds", seconds))},
                 "num_parameters": runs[0]["num_parameters"], "random_baseline": 100 * runs[0]["random_baseline"],
                 "task_params": {k: v for k, v in runs[0]["task_params"].items()
                                 if k in ("vocab_size", "seq_len", "num_kv_pairs", "num_examples")},
@@ -238,12 +241,13 @@ def to_markdown(summary: dict, models: list[str]) -> str:
             paper = PAPER.get(task, {}).get(model)
             cells.append(accuracy_cell(row[model]) + (f" ({paper})" if paper else ""))
         lines.append(f"| {name} | {next(iter(row.values()))['random_baseline']:.1f} | " + " | ".join(cells) + " |")
-    steps = ["| task | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    spread = ["| task | model | accuracy % | training steps | training seconds |", "|---|---|---|---|---|"]
     for task, row in summary.items():
-        steps.append(f"| {task} | " + " | ".join(
-            f"{row[m]['steps_mean']:.0f} steps, {row[m]['seconds_mean']:.0f} s" if m in row else "–" for m in models)
-            + " |")
-    return "\n".join(lines) + "\n\nMean training steps and seconds per run:\n\n" + "\n".join(steps) + "\n"
+        for model in (m for m in models if m in row):
+            cells = [" / ".join(f"{value:{fmt}}" for value in row[model]["spread"][name])
+                     for name, fmt in (("accuracy", ".1f"), ("steps", ".0f"), ("seconds", ".0f"))]
+            spread.append(f"| {task} | {model} | " + " | ".join(cells) + " |")
+    return ("\n".join(lines) + "\n\nPer run, min / median / max over the seeds:\n\n" + "\n".join(spread) + "\n")
 
 
 def table_header(seeds: list[int], command: str | None, wall: float, jobs: int, reused: int, total: int) -> str:

@@ -7,9 +7,9 @@ Example:
 Models share one backbone (H3Config/H3ForCausalLM, the paper's 2 layers of width 32 by default): "h3";
 "attention" (every mixer causal attention, rotary positions); "s4d" (gelu(diag_ssm(x)), S4D-Inv, ZOH); the
 ablations "h3_shift_only" and "h3_diag_only". Training loss: next-token cross-entropy on every position
-(--loss_on all, the paper's protocol) or only on the scored answers (--loss_on answer, the default: at CPU
-budgets it gets H3 to the paper's accuracy on every seed within minutes). The validation accuracy is checked
-every --eval_steps; --target_accuracy stops training once it is reached. A progress bar shows the steps.
+(--loss_on all, the paper's protocol and the default) or only on the scored answers (--loss_on answer). The
+validation accuracy is checked every --eval_steps and training stops once it reaches --target_accuracy (default
+0.995), so a run takes minutes on a 2-core CPU; the epochs are an upper bound. A progress bar shows the steps.
 
 The defaults below are the ones a run uses (tuned for a 2-core CPU; the paper trains at learning rate 5e-4 for
 400 epochs). Writes OUTPUT_DIR/results.json (test eval_accuracy, steps, train_runtime, model size, task
@@ -63,13 +63,12 @@ COMMON_DEFAULTS = dict(learning_rate=3e-3, weight_decay=0.1, per_device_train_ba
                        eval_strategy="steps", eval_steps=250, logging_steps=50, save_strategy="no",
                        report_to="none", dataloader_num_workers=0, dataloader_pin_memory=False,
                        max_grad_norm=1.0)
-# The paper trains on the next-token loss of every position (--loss_on all) for 200-400 epochs. At CPU budgets the
-# loss on the scored answer (--loss_on answer, as in Zoology's MQAR) is what gets H3 to the paper's accuracy on every
-# seed within minutes, so it is the default (the dataclass's); --loss_on all is the paper's protocol (README: both
-# tables). The SSM parameters train at --learning_rate (a separate, lower --ssm_lr slowed the shift/diagonal SSMs
-# enough to leave associative recall on a plateau for some seeds).
+# The recipe (README: H3 reaches >= 99% test accuracy on both tasks for each of 10 seeds it was not chosen on): the
+# paper's loss on every position, which gives associative recall a recall target at every repeated key (the
+# answer-only loss left it below 99% on 3 of 4 seeds), AdamW 3e-3 for every parameter (a lower --ssm_lr lengthened
+# the plateaus), cosine decay after a 10% warm-up, and stopping at 99.5% validation accuracy.
 TASK_DEFAULTS = {
-    "induction_head": dict(num_train_epochs=60),
+    "induction_head": dict(num_train_epochs=80),
     "associative_recall": dict(num_train_epochs=80),
     # a CPU-sized MQAR (Zoology's sweep starts at vocabulary 8192, length 64, 4 pairs, 100k examples)
     "mqar": dict(num_train_epochs=12, vocab_size=64, seq_len=64, num_kv_pairs=4, num_train=10000),
@@ -106,10 +105,10 @@ class SyntheticArguments:
     embedding_dropout: float = field(default=0.1, metadata={"help": "dropout after the embeddings"})
     ssm_lr: float | None = field(default=None, metadata={
         "help": "learning rate of the SSM parameters (no weight decay; default: --learning_rate)"})
-    loss_on: str = field(default="answer", metadata={
+    loss_on: str = field(default="all", metadata={
         "choices": LOSS_ON, "help": "positions in the training loss: every one (the paper's) or the scored answers"})
-    target_accuracy: float | None = field(default=None, metadata={
-        "help": "stop once the validation accuracy reaches it (default: train to the end)"})
+    target_accuracy: float = field(default=0.995, metadata={
+        "help": "stop once the validation accuracy reaches it (above 1: train to the end)"})
     init_from: str | None = field(default=None, metadata={
         "help": "start from the model saved in this folder (e.g. a run at a shorter --seq_len; default: a new model)"})
 
@@ -175,6 +174,13 @@ def build_model(args: SyntheticArguments, vocab_size: int, pad_token_id: int) ->
     return H3ForCausalLM(build_config(args, vocab_size, pad_token_id))
 
 
+def training_split(data, loss_on: str):
+    """The train split with the labels of ``loss_on``: every position ("all": labels = input_ids) or the answers."""
+    if loss_on == "all":
+        return data["train"].map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
+    return data["train"]
+
+
 def preprocess_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1)
 
@@ -234,9 +240,7 @@ def main(argv=None):
                               seq_len=args.seq_len, num_kv_pairs=args.num_kv_pairs)
     params = synthetic_parameters(data)
     tokenizer = synthetic_tokenizer(params["vocab_size"])
-    train = data["train"]
-    if args.loss_on == "all":
-        train = train.map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
+    train = training_split(data, args.loss_on)
     torch.manual_seed(training_args.seed)
     with usage_errors(parser):  # the config checks the model options
         model = build_model(args, len(tokenizer), tokenizer.pad_token_id)
@@ -252,7 +256,7 @@ def main(argv=None):
                                      eps=training_args.adam_epsilon)
     seconds_before = checkpoint_training_seconds(training_args.resume_from_checkpoint)
     callbacks = [TrainingClock(seconds_before)]
-    if args.target_accuracy is not None:
+    if args.target_accuracy <= 1:
         callbacks.append(StopAtAccuracy(args.target_accuracy))
     trainer = ModelCardTrainer(model=model, args=training_args, train_dataset=train, eval_dataset=data["validation"],
                                data_collator=default_data_collator, compute_metrics=compute_metrics,

@@ -77,7 +77,8 @@ def test_training_help_shows_the_defaults_runs_use(monkeypatch, capsys):
     text = " ".join(capsys.readouterr().out.split())  # help lines are wrapped to the terminal
     assert "--learning_rate X peak AdamW learning rate (default: 0.003)" in text
     assert "--per_device_train_batch_size N training batch size (per process) (default: 32)" in text
-    assert "(default: 60 for induction_head, 80 for associative_recall, 12 for mqar)" in text
+    assert "(default: 80 for induction_head and associative_recall, 12 for mqar)" in text
+    assert "(default: all)" in text and "(above 1: train to the end) (default: 0.995)" in text
     assert "--task {induction_head,associative_recall,mqar}" in text and "--threads N" in text
     assert "--gradient_accumulation_steps" in text and "--gradient_accumulation_steps N" not in text  # --help-all
     assert "--help-all" in text and "5e-05" not in text  # transformers' own learning rate is not shown
@@ -113,9 +114,9 @@ def test_parsed_defaults_are_the_ones_help_shows(default_verbosity):
     from script_utils import parse_trainer_arguments
 
     args, threads, training = parse_trainer_arguments(train_synthetic.build_parser("induction_head"), [])
-    assert (training.learning_rate, training.weight_decay, training.num_train_epochs) == (3e-3, 0.1, 60)
+    assert (training.learning_rate, training.weight_decay, training.num_train_epochs) == (3e-3, 0.1, 80)
     assert (training.lr_scheduler_type.value, training.eval_steps, training.disable_tqdm) == ("cosine", 250, False)
-    assert args.loss_on == "answer" and threads.threads is None
+    assert (args.loss_on, args.target_accuracy, threads.threads) == ("all", 0.995, None)
     model_args, data_args, _, training = parse_trainer_arguments(train_classifier.build_parser("listops", "s5"), [])
     assert (training.learning_rate, training.weight_decay, training.num_train_epochs) == (4e-3, 0.05, 4)
     assert model_args.bidirectional is True and data_args.listops_train_size == 12000

@@ -86,11 +86,14 @@ def test_bad_model_flag_is_rejected(tmp_path, capsys):
 def test_grid_script_summarises_runs(tmp_path):
     summary = reproduce_synthetics_table.main([
         "--output_dir", str(tmp_path), "--tasks", "associative_recall", "--models", "h3", "s4d", "--seeds", "0", "1",
-        "--target_accuracy", "0", "--", *TINY])
+        "--target_accuracy", "2", "--", *TINY])
     row = summary["associative_recall"]
     assert set(row) == {"h3", "s4d"} and row["h3"]["seeds"] == [0, 1] and len(row["s4d"]["accuracies"]) == 2
+    accuracies = sorted(row["h3"]["accuracies"])
+    assert row["h3"]["spread"]["accuracy"] == [accuracies[0], sum(accuracies) / 2, accuracies[1]]
     markdown = (tmp_path / "synthetics_table.md").read_text()
     assert "| associative_recall (10, 20) | 25.0 |" in markdown
+    assert "| associative_recall | s4d | " in markdown and "min / median / max" in markdown
     assert json.loads((tmp_path / "synthetics_table.json").read_text())["summary"]["associative_recall"]["h3"]
     assert all((tmp_path / f"associative_recall-{m}-seed{s}" / "run_args.json").exists() for m in ("h3", "s4d")
                for s in (0, 1))
@@ -151,20 +154,20 @@ def test_grid_refuses_a_finished_run_without_a_record_of_its_flags(tmp_path, fak
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task,h3_flags,s4d_flags", [
-    # measured (SSM parameters at lr 1e-3): H3 100% in 1,000 steps; S4D 17% after 3,140 (20 epochs), seed 0
-    ("induction_head", ["--loss_on", "answer", "--num_train_epochs", "20", "--seed", "0", "--ssm_lr", "1e-3"],
-     ["--loss_on", "answer", "--num_train_epochs", "20", "--seed", "0", "--ssm_lr", "1e-3"]),
-    # measured: H3 (seed 42, 40 epochs, paper loss) 100% by epoch ~15; S4D 66% after 20 epochs, seed 0
-    ("associative_recall", ["--loss_on", "all", "--num_train_epochs", "40", "--seed", "42", "--ssm_lr", "1e-3"],
-     ["--loss_on", "all", "--num_train_epochs", "20", "--seed", "0", "--ssm_lr", "1e-3"]),
-])
-def test_h3_reaches_99_percent_and_s4d_does_not(tmp_path, task, h3_flags, s4d_flags):
-    """Single-seed versions of the table's claims at the paper's task settings (minutes on 2 cores)."""
-    h3 = train_synthetic.main(["--task", task, "--model", "h3", "--output_dir", str(tmp_path / "h3"),
-                               "--target_accuracy", "1.0", *h3_flags])
-    s4d = train_synthetic.main(["--task", task, "--model", "s4d", "--output_dir", str(tmp_path / "s4d"), *s4d_flags])
-    assert h3["eval_accuracy"] >= 0.99 and h3["train_runtime"] < 600
+@pytest.mark.parametrize("task", ["induction_head", "associative_recall"])
+def test_default_command_gets_h3_to_99_percent_within_10_minutes(tmp_path, task):
+    """The README's command as a user types it (default seed 42, not one the recipe was chosen on)."""
+    results = train_synthetic.main(["--task", task, "--output_dir", str(tmp_path), "--disable_tqdm", "true"])
+    assert results["model"] == "h3" and results["args"]["loss_on"] == "all"
+    assert results["eval_accuracy"] >= 0.99 and results["train_runtime"] < 600
+
+
+@pytest.mark.slow
+def test_s4d_does_not_learn_induction_head_within_h3s_budget(tmp_path):
+    """The paper's separation with the same recipe: H3 needs at most ~35 epochs on the seeds measured; S4D is far
+    from 90% after 40."""
+    s4d = train_synthetic.main(["--task", "induction_head", "--model", "s4d", "--output_dir", str(tmp_path),
+                                "--num_train_epochs", "40", "--disable_tqdm", "true"])
     assert s4d["eval_accuracy"] < 0.9
 
 
