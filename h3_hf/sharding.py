@@ -190,13 +190,17 @@ def load_sharded_checkpoint(checkpoint_dir: str, model: nn.Module, optimizer: to
 def shutdown_process_group() -> None:
     """End a distributed run: wait for every rank, then destroy the process groups while Python is fully alive.
 
-    Call it on every rank instead of ``dist.destroy_process_group()`` at the end of a script. A gloo worker thread
+    Call it on every rank instead of ``dist.destroy_process_group()`` at the end of a script (also after a Trainer
+    run under torchrun / accelerate launch, whose process group nobody destroys; without a process group it does
+    nothing). A gloo worker thread
     can still be releasing the tensors of the last collective (e.g. an ``all_reduce`` of the loss) when the main
     thread returns; if the process group is then freed during interpreter shutdown, that thread needs the GIL
     after Python has finalised and the process aborts (SIGABRT, "terminate called without an active exception").
     Destroying the groups and collecting the garbage that refers to them here (their threads are joined in the
     destructor) leaves nothing for shutdown.
     """
+    if not dist.is_initialized():
+        return
     dist.barrier()
     gc.collect()
     dist.destroy_process_group()

@@ -8,7 +8,8 @@ Every model gets the same tokenizer (byte-level BPE trained once on the training
 number of steps (so the same training tokens), learning rate and schedule, and a width chosen so that its parameter
 count is within 10% of --target_parameters (printed; the run stops if one cannot be matched). "h3-hybrid" has
 attention at about 1/3 and 2/3 of its depth, as the released H3 models. Each (model, seed) is one run of
-scripts/train_lm.py in OUTPUT_DIR/<model>-seed<seed>. Afterwards every model is evaluated on the validation text cut
+scripts/train_lm.py in OUTPUT_DIR/<model>-seed<seed>; a run finished there with the same flags is reused (an
+interrupted comparison resumes). Afterwards every model is evaluated on the validation text cut
 into blocks of 1x, 4x and 16x the training block size (--eval_multiples). Writes OUTPUT_DIR/comparison.json,
 OUTPUT_DIR/comparison.md (validation perplexity, mean ± std over the seeds) and OUTPUT_DIR/comparison.png
 (validation loss against training tokens and against wall time; perplexity against evaluation length).
@@ -18,28 +19,33 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from transformers.utils.import_utils import is_mambapy_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_lm  # noqa: E402
 from script_utils import ScriptArgumentParser, add_threads_argument  # noqa: E402
 
 MODELS = ("h3", "h3-hybrid", "gpt2", "mamba")
+RUN_RECORD = "compare_args.json"  # the train_lm.py flags a run was made with
 
 
 def default_models() -> list[str]:
-    return list(MODELS) if torch.cuda.is_available() else [m for m in MODELS if m != "mamba"]
+    """All four where Mamba trains at a usable speed (a GPU, or mambapy's parallel scan), else without Mamba."""
+    fast_mamba = torch.cuda.is_available() or is_mambapy_available()
+    return list(MODELS) if fast_mamba else [m for m in MODELS if m != "mamba"]
 
 
 def parse_args(argv):
     parser = ScriptArgumentParser(__doc__)
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=default_models(), help="(default: all four "
-                        "on a GPU; without one h3, h3-hybrid and gpt2: transformers' Mamba trains with a slow "
-                        "reference implementation on CPUs)")
+                        "on a GPU or with the mambapy package installed; else h3, h3-hybrid and gpt2: without either, "
+                        "transformers' Mamba trains with a Python loop over positions)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="(default: 1 2 3)")
     parser.add_argument("--dataset_name", default="stdlib-docstrings", help="a saved datasets folder or 'stdlib' / "
                         "'stdlib-docstrings' (default: stdlib-docstrings, the docstrings of this interpreter's "
@@ -94,6 +100,33 @@ def matching_width(model: str, target: float, layers: int, tokenizer, block_size
         sys.exit(f"compare_lms.py: error: no width gives {model} {target:,.0f} parameters within 10% "
                  f"(closest: width {width}, {count:,})")
     return width, count
+
+
+def save_if_changed(tokenizer, folder: Path) -> None:
+    """Save ``tokenizer`` in ``folder`` unless the same files are there already (a comparison run by several
+    processes: the tokenizer, trained alike by each, is then not rewritten while another process reads it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        saved = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
+    if folder.is_dir() and all((folder / name).is_file() and (folder / name).read_bytes() == data
+                               for name, data in saved.items()):
+        return
+    tokenizer.save_pretrained(folder)
+
+
+def run_settings(flags: list[str]) -> list[str]:
+    """train_lm.py flags without the folders (the comparison's own, so that a moved comparison is reused)."""
+    folders = {"--output_dir", "--tokenizer_name"}
+    return [flag for i, flag in enumerate(flags) if flag not in folders and (i == 0 or flags[i - 1] not in folders)]
+
+
+def finished_run(run_dir: Path, flags: list[str]) -> dict | None:
+    """The results of a run already trained in ``run_dir`` with the same train_lm.py settings (so that an
+    interrupted comparison resumes), else None (the run is trained, again if it was made with other settings)."""
+    record, results = run_dir / RUN_RECORD, run_dir / "results.json"
+    if record.exists() and results.exists() and run_settings(json.loads(record.read_text())) == run_settings(flags):
+        return json.loads(results.read_text())
+    return None
 
 
 def perplexity_at_length(run_dir: Path, texts: list[str], length: int, batch_tokens: int) -> float:
@@ -152,7 +185,7 @@ def main(argv=None):
     texts = train_lm.load_texts(train_lm.DataArguments(dataset_name=args.dataset_name))
     tokenizer_dir = args.output_dir / "tokenizer"
     tokenizer = train_lm.train_tokenizer(texts["train"]["text"], args.tokenizer_vocab_size)
-    tokenizer.save_pretrained(tokenizer_dir)
+    save_if_changed(tokenizer, tokenizer_dir)
     widths = {m: matching_width(m, args.target_parameters, args.num_hidden_layers, tokenizer, args.block_size)
               for m in args.models}
     for model, (width, count) in widths.items():
@@ -163,13 +196,18 @@ def main(argv=None):
     for model in args.models:
         for seed in args.seeds:
             run_dir = args.output_dir / f"{model}-seed{seed}"
-            results = train_lm.main([
-                "--dataset_name", args.dataset_name, "--tokenizer_name", str(tokenizer_dir), "--output_dir",
-                str(run_dir), *model_flags(model, args.num_hidden_layers), "--hidden_size", str(widths[model][0]),
-                "--block_size", str(args.block_size), "--max_steps", str(args.max_steps),
-                "--per_device_train_batch_size", str(args.batch_size), "--learning_rate", str(args.learning_rate),
-                "--seed", str(seed), "--eval_steps", str(max(1, args.max_steps // 10)),
-                *(["--threads", str(args.threads)] if args.threads else [])])
+            flags = ["--dataset_name", args.dataset_name, "--tokenizer_name", str(tokenizer_dir), "--output_dir",
+                     str(run_dir), *model_flags(model, args.num_hidden_layers), "--hidden_size",
+                     str(widths[model][0]), "--block_size", str(args.block_size), "--max_steps", str(args.max_steps),
+                     "--per_device_train_batch_size", str(args.batch_size), "--learning_rate",
+                     str(args.learning_rate), "--seed", str(seed), "--eval_steps", str(max(1, args.max_steps // 10))]
+            results = finished_run(run_dir, flags)
+            if results is None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / RUN_RECORD).write_text(json.dumps(flags))
+                results = train_lm.main([*flags, *(["--threads", str(args.threads)] if args.threads else [])])
+            else:
+                print(f"{model} seed {seed}: reusing the finished run in {run_dir}", flush=True)
             results["tokens_per_step"] = args.batch_size * args.block_size
             results["perplexity_at"] = {str(n): perplexity_at_length(run_dir, validation_texts, n,
                                                                      args.eval_batch_tokens) for n in eval_lengths}

@@ -33,7 +33,13 @@ from transformers.utils import logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from script_utils import ScriptArgumentParser, add_threads_argument, set_threads  # noqa: E402
-from train_synthetic import SyntheticArguments, build_model, script_defaults, training_split  # noqa: E402
+from train_synthetic import (  # noqa: E402
+    SyntheticArguments,
+    build_model,
+    build_optimizer,
+    script_defaults,
+    training_split,
+)
 
 import h3_hf  # noqa: E402,F401  (registers the Auto classes)
 from h3_hf.data.synthetics import (  # noqa: E402
@@ -105,7 +111,8 @@ def train(args, output_dir: str):
     trainer = Trainer(model=model, args=training_args, train_dataset=train_split, eval_dataset=data["validation"],
                       data_collator=default_data_collator, compute_metrics=compute_metrics,
                       preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
-                      callbacks=[stopper], processing_class=tokenizer)
+                      callbacks=[stopper], processing_class=tokenizer,
+                      optimizers=(build_optimizer(model, recipe, training_args), None))
     start = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - start

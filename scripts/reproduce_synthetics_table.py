@@ -7,10 +7,11 @@ Example:
 
 Each run is a separate train_synthetic.py process (--jobs at a time, --threads each) writing to
 OUTPUT_DIR/TASK-MODEL-seedSEED/ (its log: train.log; the flags it was made with: run_args.json). Options after
-"--" go to every run. A run whose results.json exists is reused when it was made with the same flags, so an
-interrupted grid resumes; made with other flags, the script stops and names them, unless --overwrite is given
-(then the run is trained again). Writes OUTPUT_DIR/synthetics_table.md and OUTPUT_DIR/synthetics_table.json:
-test accuracy, the mean and standard deviation over seeds, steps and seconds per run.
+"--" go to every run. A run whose results.json exists is reused when it was made with the same flags and
+train_synthetic.py's defaults still give the settings it recorded, so an interrupted grid resumes; otherwise the
+script stops and names what differs, unless --overwrite is given (then the run is trained again). Writes
+OUTPUT_DIR/synthetics_table.md and OUTPUT_DIR/synthetics_table.json: test accuracy, the mean and standard deviation
+over seeds, steps and seconds per run.
 """
 
 import json
@@ -22,10 +23,17 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from script_utils import ScriptArgumentParser, positive_int  # noqa: E402
+import train_synthetic  # noqa: E402
+from script_utils import (  # noqa: E402
+    ScriptArgumentParser,
+    flag_value,
+    parse_trainer_arguments,
+    positive_int,
+    training_summary,
+)
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_synthetic.py")
 TASKS = ("induction_head", "associative_recall", "mqar")
@@ -140,7 +148,27 @@ def changed_runs(runs: list[Run]) -> list[tuple[Run, str]]:
             changed.append((run, f"no record of its flags ({RUN_RECORD})"))
         elif differences := differing_flags(before, run.flags):  # the same values in another order: the same run
             changed.append((run, "; ".join(differences)))
+        elif differences := changed_defaults(run):
+            changed.append((run, "train_synthetic.py's defaults changed since: " + "; ".join(differences)))
     return changed
+
+
+def resolved_settings(flags: list[str]) -> dict:
+    """What train_synthetic.py runs with for ``flags`` today: its arguments and the TrainingArguments its
+    results.json records, as JSON values."""
+    parser = train_synthetic.build_parser(flag_value(flags, "task", train_synthetic.DEFAULT_TASK))
+    args, _, training_args = parse_trainer_arguments(parser, [*flags, "--output_dir", "unused"])
+    return json.loads(json.dumps({**training_summary(training_args), **asdict(args)}, default=str))
+
+
+def changed_defaults(run: Run) -> list[str]:
+    """Each setting recorded in the run's results.json that train_synthetic.py now resolves otherwise for the same
+    flags (a default changed), as "name (A before, B now)"."""
+    results = load_results(run)
+    before = {**results.get("training_args", {}), **results.get("args", {})}
+    now = resolved_settings(run.flags)
+    return [f"{name} ({before[name]} before, {now[name]} now)" for name in sorted(now)
+            if name in before and before[name] != now[name]]
 
 
 def train(run: Run, threads: int | None) -> dict | None:

@@ -52,7 +52,7 @@ from h3_hf.data import (
     load_sequential_digits,
 )
 from h3_hf.model_card import ModelCardTrainer
-from h3_hf.sharding import check_trainer_fsdp
+from h3_hf.sharding import check_trainer_fsdp, shutdown_process_group
 from h3_hf.ssm_init import DIAGONAL_INITS
 from h3_hf.ssm_kernels import DISCRETIZATIONS
 from h3_hf.validation import POOLINGS
@@ -297,3 +297,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    shutdown_process_group()  # under torchrun / accelerate launch; nothing to do in one process

@@ -16,6 +16,9 @@ end-of-text token, and the token stream is cut into --block_size blocks (the rem
 
 Model: --model_type h3 | gpt2 | mamba from scratch at --hidden_size / --num_hidden_layers (H3: --attn_layer_idx
 for attention layers, --state_size), or --model_name_or_path to continue from a saved or converted checkpoint.
+Mamba without its CUDA kernels (mamba_ssm) runs transformers' PyTorch path; with the mambapy package installed
+(part of this project's dev extra) that path scans in parallel (MambaConfig.use_mambapy), else with a Python loop
+over positions whose backward is quadratic in --block_size.
 All TrainingArguments are accepted (resume, bf16, torchrun / accelerate, push_to_hub). Writes OUTPUT_DIR/results.json
 (eval_loss, perplexity, num_parameters, train_tokens, train_runtime, ...), OUTPUT_DIR/loss_curve.png, the model and
 the tokenizer (pipeline("text-generation", OUTPUT_DIR) generates; for H3, `import h3_hf` first).
@@ -45,6 +48,7 @@ from transformers import (
     TrainingArguments,
     default_data_collator,
 )
+from transformers.utils.import_utils import is_mambapy_available
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from script_utils import (  # noqa: E402
@@ -62,7 +66,7 @@ import h3_hf  # noqa: E402,F401  (registers the Auto classes)
 from h3_hf import H3Config, H3ForCausalLM  # noqa: E402
 from h3_hf.data.text_corpus import CORPUS_KINDS, load_stdlib_corpus  # noqa: E402
 from h3_hf.model_card import ModelCardTrainer  # noqa: E402
-from h3_hf.sharding import check_trainer_fsdp  # noqa: E402
+from h3_hf.sharding import check_trainer_fsdp, shutdown_process_group  # noqa: E402
 
 MODEL_TYPES = ("h3", "gpt2", "mamba")
 END_OF_TEXT = "<|endoftext|>"
@@ -229,7 +233,7 @@ def build_model(args: ModelArguments, tokenizer, block_size: int):
                             eos_token_id=eos, pad_token_id=eos)
         return GPT2LMHeadModel(config)
     config = MambaConfig(vocab_size=vocab, hidden_size=args.hidden_size, num_hidden_layers=args.num_hidden_layers,
-                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, use_mambapy=is_mambapy_available())
     return MambaForCausalLM(config)
 
 
@@ -358,3 +362,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    shutdown_process_group()  # under torchrun / accelerate launch; nothing to do in one process

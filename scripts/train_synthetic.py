@@ -51,7 +51,7 @@ from h3_hf.data.synthetics import (
 )
 from h3_hf.data.synthetics import TASK_DEFAULTS as TASK_PARAMETERS
 from h3_hf.model_card import ModelCardTrainer
-from h3_hf.sharding import check_trainer_fsdp
+from h3_hf.sharding import check_trainer_fsdp, shutdown_process_group
 
 MODELS = ("h3", "attention", "s4d", "h3_shift_only", "h3_diag_only")
 LOSS_ON = ("all", "answer")
@@ -174,6 +174,14 @@ def build_model(args: SyntheticArguments, vocab_size: int, pad_token_id: int) ->
     return H3ForCausalLM(build_config(args, vocab_size, pad_token_id))
 
 
+def build_optimizer(model: H3ForCausalLM, args: SyntheticArguments,
+                    training_args: TrainingArguments) -> torch.optim.AdamW:
+    """AdamW with the SSM parameters at --ssm_lr (None: the main learning rate) and without weight decay."""
+    return create_ssm_optimizer(model, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
+                                ssm_lr=args.ssm_lr, betas=(training_args.adam_beta1, training_args.adam_beta2),
+                                eps=training_args.adam_epsilon)
+
+
 def training_split(data, loss_on: str):
     """The train split with the labels of ``loss_on``: every position ("all": labels = input_ids) or the answers."""
     if loss_on == "all":
@@ -250,10 +258,7 @@ def main(argv=None):
         except (OSError, RuntimeError, ValueError) as err:
             parser.error(f"argument --init_from: {args.init_from} holds no H3 model of this --model and size "
                          f"({one_line(err)[:300]})")
-    optimizer = create_ssm_optimizer(model, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
-                                     ssm_lr=args.ssm_lr,  # None: the main learning rate
-                                     betas=(training_args.adam_beta1, training_args.adam_beta2),
-                                     eps=training_args.adam_epsilon)
+    optimizer = build_optimizer(model, args, training_args)
     seconds_before = checkpoint_training_seconds(training_args.resume_from_checkpoint)
     callbacks = [TrainingClock(seconds_before)]
     if args.target_accuracy <= 1:
@@ -317,3 +322,4 @@ def random_baseline(split) -> float:
 
 if __name__ == "__main__":
     main()
+    shutdown_process_group()  # under torchrun / accelerate launch; nothing to do in one process

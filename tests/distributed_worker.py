@@ -20,6 +20,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 from h3_hf import H3Config, H3ForCausalLM, S4DConfig, S4DForSequenceClassification
 from h3_hf.data import load_synthetic
+from h3_hf.sharding import shutdown_process_group
 
 STEPS = 4
 
@@ -62,3 +63,4 @@ def main(kind: str, out_dir: str, per_device_batch: int, accumulation_steps: int
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    shutdown_process_group()

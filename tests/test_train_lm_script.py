@@ -90,6 +90,29 @@ def test_reported_loss_is_the_mean_over_every_predicted_token(corpus, tmp_path, 
     assert train_lm.causal_lm_loss(model, blocks, batch_size=5) == pytest.approx(expected, rel=1e-9)
 
 
+def test_mamba_trains_with_the_parallel_scan_and_matches_the_sequential_loop():
+    """With mambapy installed (dev extra) train_lm's Mamba scans in parallel on CPU; its loss and gradients equal
+    transformers' loop over positions (the path it takes otherwise)."""
+    pytest.importorskip("mambapy")
+    from argparse import Namespace
+
+    tokenizer = build_word_level_tokenizer([f"w{i}" for i in range(40)], special_tokens={"eos_token": "<eos>"})
+    args = Namespace(model_type="mamba", hidden_size=16, num_hidden_layers=2)
+    parallel = train_lm.build_model(args, tokenizer, block_size=24).double()
+    assert parallel.config.use_mambapy
+    loop = type(parallel)(type(parallel.config)(**{**parallel.config.to_dict(), "use_mambapy": False})).double()
+    loop.load_state_dict(parallel.state_dict())
+    ids = torch.randint(0, len(tokenizer), (3, 24), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for model in (parallel, loop):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-10, atol=0)
+    for (name, p), q in zip(parallel.named_parameters(), loop.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-12, msg=name)
+
+
 def test_compare_lms_matches_sizes_and_writes_the_table(corpus, tmp_path):
     import compare_lms
     from datasets import Dataset, DatasetDict
@@ -111,6 +134,34 @@ def test_compare_lms_matches_sizes_and_writes_the_table(corpus, tmp_path):
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
     hybrid = json.loads((tmp_path / "out" / "h3-hybrid-seed1" / "config.json").read_text())
     assert hybrid["attn_layer_idx"] == [0, 1]
+
+
+def test_compare_lms_reuses_a_run_finished_with_the_same_flags(corpus, tmp_path, monkeypatch, capsys):
+    import compare_lms
+    from datasets import Dataset, DatasetDict
+
+    data = tmp_path / "data"
+    DatasetDict({"train": Dataset.from_dict({"text": [corpus[0].read_text()]}),
+                 "validation": Dataset.from_dict({"text": [corpus[1].read_text()]})}).save_to_disk(data)
+    argv = ["--output_dir", str(tmp_path / "out"), "--dataset_name", str(data), "--target_parameters", "150000",
+            "--num_hidden_layers", "2", "--block_size", "16", "--max_steps", "2", "--batch_size", "4", "--seeds", "1",
+            "--eval_multiples", "1", "--tokenizer_vocab_size", "300", "--models", "gpt2"]
+    first = compare_lms.main(argv)
+    tokenizer_file = tmp_path / "out" / "tokenizer" / "tokenizer.json"
+    saved_at = tokenizer_file.stat().st_mtime_ns
+    trained = []
+    real_main = train_lm.main
+    monkeypatch.setattr(train_lm, "main", lambda flags: trained.append(flags) or real_main(flags))
+    again = compare_lms.main(argv)
+    assert not trained and "gpt2 seed 1: reusing the finished run" in capsys.readouterr().out
+    assert tokenizer_file.stat().st_mtime_ns == saved_at  # the same tokenizer is not written again
+    assert again["gpt2"][0]["eval_loss"] == first["gpt2"][0]["eval_loss"]
+    moved = tmp_path / "moved"
+    (tmp_path / "out").rename(moved)
+    argv[1] = str(moved)
+    assert compare_lms.main(argv)["gpt2"][0]["eval_loss"] == first["gpt2"][0]["eval_loss"] and not trained
+    compare_lms.main([*argv, "--max_steps", "3"])  # other flags: trained again
+    assert len(trained) == 1 and trained[0][trained[0].index("--max_steps") + 1] == "3"
 
 
 def test_resumed_run_ends_on_the_uninterrupted_runs_weights(corpus, tmp_path):

@@ -143,6 +143,27 @@ def test_grid_reuses_a_run_only_when_made_with_the_same_flags(tmp_path, fake_tra
     assert json.loads((run_dir / "run_args.json").read_text())["flags"][-1] == "8"
 
 
+def test_grid_refuses_a_run_trained_before_a_default_changed(tmp_path, fake_training, capsys):
+    """Same flags, but the run's results.json records a setting train_synthetic.py no longer uses by default."""
+    grid = ["--output_dir", str(tmp_path), "--tasks", "associative_recall", "--models", "h3", "--seeds", "0"]
+    reproduce_synthetics_table.main(grid)
+    results_path = tmp_path / "associative_recall-h3-seed0" / "results.json"
+    results = json.loads(results_path.read_text())
+    now = train_synthetic.script_defaults("associative_recall")
+    recorded = {"learning_rate": now["learning_rate"], "weight_decay": now["weight_decay"] + 0.25}
+    results_path.write_text(json.dumps({**results, "training_args": recorded, "args": {"loss_on": "all"}}))
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce_synthetics_table.main(grid)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(fake_training) == 1
+    assert (f"train_synthetic.py's defaults changed since: weight_decay ({now['weight_decay'] + 0.25} before, "
+            f"{now['weight_decay']} now); pass --overwrite") in err
+    recorded["weight_decay"] = now["weight_decay"]
+    results_path.write_text(json.dumps({**results, "training_args": recorded, "args": {"loss_on": "all"}}))
+    reproduce_synthetics_table.main(grid)
+    assert len(fake_training) == 1 and "(reused)" in capsys.readouterr().out
+
+
 def test_grid_refuses_a_finished_run_without_a_record_of_its_flags(tmp_path, fake_training, capsys):
     run_dir = tmp_path / "induction_head-s4d-seed1"
     run_dir.mkdir()
