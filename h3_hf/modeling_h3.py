@@ -227,6 +227,13 @@ def cached_step_parameters(cache: Cache, slot, dtype: torch.dtype, weights: list
     return entry[1]
 
 
+def is_plain_linear(*modules: nn.Module) -> bool:
+    """Whether every module is an ``nn.Linear`` itself, without forward hooks: its weight and bias then are all it
+    computes, so the mixers may read them directly (fused or transposed products). Anything else (a peft adapter,
+    a quantised layer, a hook) is run as a module."""
+    return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+
+
 def is_decode_step(hidden_states: torch.Tensor, cache: Cache | None) -> bool:
     """One new token continuing a cache: the recurrent path (else the convolution path)."""
     return cache is not None and cache_length(cache) > 0 and hidden_states.shape[1] == 1
@@ -275,12 +282,15 @@ class H3Mixer(SSMMixer):
             dtype = compute_dtype(self.output_linear.weight)
             x = hidden_states.to(dtype)
             params = self._decode_parameters(cache, dtype) if decoding else None
+            projections = (self.q_proj, self.k_proj, self.v_proj)
             # 1. projections, each (B, d, L) contiguous along L (what the FFTs and the gating read)
-            if decoding:  # one (batch, d) @ (d, 3d) product for q, k and v
+            if not is_plain_linear(*projections):  # an adapter, a quantised layer or a hook: run the modules
+                q, k, v = (lin(hidden_states).to(dtype).transpose(1, 2).contiguous() for lin in projections)
+            elif decoding:  # one (batch, d) @ (d, 3d) product for q, k and v
                 q, k, v = torch.addmm(params["qkv_bias"], x[:, 0], params["qkv_weight_t"])[..., None].chunk(3, dim=1)
             else:
                 q, k, v = (torch.baddbmm(lin.bias.to(dtype)[:, None], lin.weight.to(dtype).expand(len(x), -1, -1),
-                                         x.transpose(1, 2)) for lin in (self.q_proj, self.k_proj, self.v_proj))
+                                         x.transpose(1, 2)) for lin in projections)
             # 2. shift SSM on k; padding is zeroed first so it never enters a state
             k = mask_padding(k, ssm_mask)
             k = self._shift_step(k, cache, params) if decoding else self._shift_convolve(k, cache)
@@ -290,7 +300,9 @@ class H3Mixer(SSMMixer):
             z = self._diag_step(kv, cache, params) if decoding else self._diag_convolve(kv, cache)
             # 5. gate with q, sum over the head's input dim, output projection
             y = self._readout(q, z)
-            if decoding:
+            if not is_plain_linear(self.output_linear):
+                out = self.output_linear(y.transpose(1, 2).to(hidden_states.dtype))
+            elif decoding:
                 out = torch.addmm(params["out_bias"], y[..., 0], params["out_weight_t"])[:, None]
             else:
                 out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype),
@@ -330,11 +342,13 @@ class H3Mixer(SSMMixer):
         """q/k/v as one (d, 3d) transposed weight and (3d,) bias, the output projection's (d, d) transposed weight
         and bias, the shift kernel oldest-lag-first (d, N), ssm_k_D (d, 1), and dA, dB, C (H, N) and D (H,) of the
         diagonal SSM. Transposed weights: a one-token product x @ W^T reads W^T row by row (faster on CPU)."""
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        params = {"qkv_weight_t": torch.cat([p.weight for p in projections]).to(dtype).t().contiguous(),
-                  "qkv_bias": torch.cat([p.bias for p in projections]).to(dtype),
-                  "out_weight_t": self.output_linear.weight.to(dtype).t().contiguous(),
-                  "out_bias": self.output_linear.bias.to(dtype)}
+        projections, params = (self.q_proj, self.k_proj, self.v_proj), {}
+        if is_plain_linear(*projections):  # else the modules run (see forward)
+            params.update(qkv_weight_t=torch.cat([p.weight for p in projections]).to(dtype).t().contiguous(),
+                          qkv_bias=torch.cat([p.bias for p in projections]).to(dtype))
+        if is_plain_linear(self.output_linear):
+            params.update(out_weight_t=self.output_linear.weight.to(dtype).t().contiguous(),
+                          out_bias=self.output_linear.bias.to(dtype))
         if self.has_shift_ssm:
             params.update(shift=self.shift_kernel().to(dtype).flip(-1), shift_skip=self.ssm_k_D.to(dtype)[:, None])
         if self.has_diag_ssm:
@@ -402,8 +416,11 @@ class S4DMixer(SSMMixer):
                 z = self._diag_step(u, cache, self._decode_parameters(cache, dtype))
             else:
                 z = self._diag_convolve(u, cache)
-            out = F.linear(F.gelu(z).transpose(1, 2), self.output_linear.weight.to(dtype),
-                           self.output_linear.bias.to(dtype))
+            if is_plain_linear(self.output_linear):
+                out = F.linear(F.gelu(z).transpose(1, 2), self.output_linear.weight.to(dtype),
+                               self.output_linear.bias.to(dtype))
+            else:  # an adapter, a quantised layer or a hook: run the module
+                out = self.output_linear(F.gelu(z).transpose(1, 2).to(hidden_states.dtype))
         return out.to(hidden_states.dtype)
 
     def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -494,7 +511,7 @@ class H3MLP(nn.Module):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        if is_decode_step(x, cache):
+        if is_decode_step(x, cache) and is_plain_linear(self.fc1):
             # one token: fc1 as (batch, d) @ (d, 4d) with fc1's weight transposed once per generation; CPU BLAS
             # reads that layout faster for this shape (fc2's own layout is the faster one for its shape)
             weight = self.fc1.weight
