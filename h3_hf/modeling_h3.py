@@ -67,7 +67,8 @@ class H3Cache(DynamicCache):
 
     @property
     def step_parameters(self) -> dict:
-        """Per layer: what its decode steps need, derived from the weights once per generation (see SSMMixer)."""
+        """Per layer (and "lm_head"): what decode steps need, derived from the weights once per generation (see
+        ``cached_step_parameters``)."""
         return _STEP_PARAMETERS.setdefault(self, {})
 
     def reset(self):
@@ -758,6 +759,20 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
             check_lm_inputs(self.backbone, ids, embeds, model_kwargs.get("attention_mask"), None, past)
         return inputs_tensor, input_name, model_kwargs
 
+    def _decode_step_logits(self, hidden_states: torch.Tensor, cache: H3Cache) -> torch.Tensor:
+        """Logits (batch, 1, vocab_size) of one decoded token from hidden_states (batch, 1, d).
+
+        On CPU: hidden @ W^T with W^T (d, vocab_size) transposed once per generation and kept with the cache (a
+        copy of the head's size). CPU BLAS reads that layout faster in a one-token product, and at the GPT-2
+        vocabulary the head is the largest weight a decode step reads. Elsewhere the head is applied as it is."""
+        weight = self.lm_head.weight
+        if (not is_plain_linear(self.lm_head) or self.lm_head.bias is not None or hidden_states.shape[1] != 1
+                or weight.device.type != "cpu"):
+            return self.lm_head(hidden_states)
+        params = cached_step_parameters(cache, "lm_head", weight.dtype, [weight],
+                                        lambda: {"weight_t": weight.t().contiguous()})
+        return torch.mm(hidden_states[:, 0], params["weight_t"])[:, None]
+
     @can_return_tuple
     def forward(
         self,
@@ -782,13 +797,18 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
                 raise ValueError(f"labels must have the inputs' shape (batch, length) = {tuple(given.shape[:2])}, "
                                  f"got {tuple(labels.shape)}")
             check_class_ids("labels", labels, self.config.vocab_size, kwargs.get("ignore_index", -100))
+        cache = given_cache(cache, past_key_values)
+        decode_step = is_decode_step(input_ids if input_ids is not None else inputs_embeds, cache)
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                past_key_values=given_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
-                                use_cache=use_cache, output_hidden_states=output_hidden_states,
-                                output_attentions=output_attentions)
+                                past_key_values=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                                output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep])
+        if (decode_step and isinstance(cache, H3Cache) and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):
+            logits = self._decode_step_logits(hidden_states[:, keep], cache)
+        else:
+            logits = self.lm_head(hidden_states[:, keep])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -10,9 +10,12 @@ Two modes. ``--mode steps`` (the default, described next) times the model's own 
 generate`` times what users call: ``model.generate()`` (greedy) with a logits processor that stamps the clock
 at every step, so the prefill (call to first stamp) and each decode step (between stamps) are timed from inside
 the generation loop; the median step and the prefill of the best of ``--rounds`` calls are reported, with prefill
-tokens/s and the cache's bytes after the call. ``--shape 125m`` builds the released sizes: H3-125M (width 768,
-12 layers, attention at layer 6), a pure-SSM H3 of the same shape, GPT-2 124M and Mamba 130M (24 blocks), all with
-the GPT-2 vocabulary (50,257); ``--shape toy`` is width 256, 4 layers, vocabulary 1,024.
+tokens/s, the cache's bytes after the call and the bytes of the weights derived for decoding that the cache holds
+(H3's transposed projections and LM head, its SSM step parameters). ``--shape 125m`` builds the released sizes:
+H3-125M (width 768, 12 layers, attention at layer 6), a pure-SSM H3 of the same shape, GPT-2 124M and Mamba 130M (24
+blocks), all with the GPT-2 vocabulary (50,257); ``--shape toy`` is width 256, 4 layers, vocabulary 1,024. Mamba runs
+transformers' PyTorch path (no CUDA kernels on CPU); its prompt is scanned by mambapy's parallel scan when mambapy
+is installed (``MambaConfig.use_mambapy``), else by a Python loop over positions.
 
 All models have the same width and vocabulary and about the same parameter count (H3 and GPT-2: the same depth;
 Mamba: twice the blocks, since a Mamba block has no MLP) and run in one process on the same threads. For each
@@ -44,6 +47,7 @@ from transformers import (
 )
 from transformers.cache_utils import StaticCache
 from transformers.utils import logging as hf_logging
+from transformers.utils.import_utils import is_mambapy_available
 
 from h3_hf import H3Config, H3ForCausalLM
 
@@ -67,7 +71,9 @@ def build_models(d: int, layers: int, heads: int, vocab: int, max_context: int, 
         GPT2: GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=heads,
                                          n_positions=max_context + 64, attn_implementation="sdpa")),
         # a Mamba block has no MLP: twice the blocks give the same parameter count (as in the Mamba paper)
-        MAMBA: MambaForCausalLM(MambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=2 * layers)),
+        # without its CUDA kernels Mamba prefills with a Python loop over positions; mambapy scans in parallel
+        MAMBA: MambaForCausalLM(MambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=2 * layers,
+                                            use_mambapy=is_mambapy_available())),
     }
     models[GPT2_STATIC] = models[GPT2]  # same weights; prefilled into a preallocated StaticCache
     if compile_h3:
@@ -157,7 +163,16 @@ def time_generate(model, prompt: torch.Tensor, new_tokens: int) -> dict:
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or getattr(out, "cache_params", None)
     cache_bytes = sum(t.numel() * t.element_size() for t in cache_tensors(cache)) if cache is not None else 0
     return {"prefill_seconds": clock.stamps[0] - start, "seconds_per_token": statistics.median(steps),
-            "cache_bytes": cache_bytes}
+            "cache_bytes": cache_bytes, "derived_bytes": derived_bytes(model, cache)}
+
+
+def derived_bytes(model, cache) -> int:
+    """Bytes of what decode steps derive from the weights and keep with the cache for the generation (H3: the
+    transposed projections and LM head, the SSMs' step parameters), not counting the model's own parameters."""
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    tensors = {id(t): t for _key, params in getattr(cache, "step_parameters", {}).values() for t in params.values()
+               if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in own}
+    return sum(t.untyped_storage().nbytes() for t in tensors.values())
 
 
 def run_generate_mode(models: dict, args) -> dict:
@@ -188,7 +203,9 @@ def print_generate_tables(results: dict, args, machine: str):
     for batch in map(str, args.batches):
         for title, key, unit in [("generate(): decode step (ms)", "seconds_per_token", 1e3),
                                  ("generate(): prefill (tokens/s)", "prefill_tokens_per_second", 1),
-                                 ("generate(): cache after the call (MiB)", "cache_bytes", 2**-20)]:
+                                 ("generate(): cache after the call (MiB)", "cache_bytes", 2**-20),
+                                 ("generate(): weights derived for decoding, held with the cache (MiB)",
+                                  "derived_bytes", 2**-20)]:
             print(f"\n{title}, batch {batch}, shape {args.shape}, {machine}")
             ratios = [n for n in names if n != reference]
             print("| context | " + " | ".join(names) + "".join(f" | {n} / {reference}" for n in ratios) + " |")

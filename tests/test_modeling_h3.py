@@ -4,6 +4,7 @@ Also the cache handover between convolution and recurrent mode, decode parameter
 checkpointing, attention implementations and torch.compile.
 """
 
+import copy
 import functools
 
 import pytest
@@ -229,6 +230,26 @@ def test_step_parameters_stored_in_the_cache_follow_weight_changes_between_steps
     assert stored.keys() == fresh.keys()
     for name in fresh:
         torch.testing.assert_close(stored[name], fresh[name], rtol=0, atol=0, msg=name)
+
+
+def test_decode_logits_use_a_transposed_head_kept_with_the_cache_and_follow_changes_of_the_head():
+    """A decode step's logits come from the LM head transposed once per cache; an in-place change of the (tied)
+    head between two steps is seen by the next step, which then equals an independently built model's step."""
+    model = build(H3ForCausalLM, h3_config(ssm_head_dim=2))
+    ids = torch.randint(0, 40, (2, 12))
+    with torch.no_grad():
+        cache = getattr(model(input_ids=ids[:, :-2], use_cache=True), CACHE_FIELD)
+        first = model(input_ids=ids[:, -2:-1], past_key_values=cache, use_cache=True).logits
+        stored = cache.step_parameters["lm_head"][1]["weight_t"]
+        torch.testing.assert_close(stored, model.lm_head.weight.t(), rtol=0, atol=0)
+        torch.testing.assert_close(first[:, -1], model(input_ids=ids[:, :-1]).logits[:, -1], rtol=1e-4, atol=1e-5)
+        model.lm_head.weight.mul_(-2.0)  # tied: the embedding changes too
+        untouched = copy.deepcopy(cache)
+        second = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits
+    assert cache.step_parameters["lm_head"][1]["weight_t"] is not stored
+    with torch.enable_grad():  # with autograd on nothing is kept: the head is applied as nn.Linear
+        reference = fresh_copy(model)(input_ids=ids[:, -1:], past_key_values=untouched, use_cache=True).logits
+    torch.testing.assert_close(second, reference.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_generation_in_inference_mode_leaves_the_model_usable_with_autograd():
