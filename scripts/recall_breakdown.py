@@ -8,8 +8,8 @@ Reads a folder written by train_synthetic.py --task associative_recall (the mode
 run's dataset again from the seed and sizes in results.json, and scores the final answer of every example of
 --split (default: test): overall; by how often the query key occurs in the prompt; by the pair where it occurs last;
 and how often the model answers the value that occurs most often in the prompt (a rule that needs no key-value
-binding, and what a model on the early plateau of this task tends to learn). A model that memorised its training
-examples scores far higher on --split train than on test.
+binding, and what a model on the early plateau of this task tends to learn), with the accuracy of that rule itself.
+A model that memorised its training examples scores far higher on --split train than on test.
 """
 
 import json
@@ -75,6 +75,7 @@ def breakdown(model: H3ForCausalLM, input_ids: torch.Tensor, seq_len: int, batch
 
     return {"examples": len(ids), "accuracy": float(correct.mean()),
             "answers_most_frequent_value": float((predictions == most_frequent).mean()),
+            "most_frequent_value_rule_accuracy": float((most_frequent == answers).mean()),
             "by_query_key_count": by(counts), "by_last_pair": by(last_pair)}
 
 
@@ -84,7 +85,8 @@ def main(argv=None):
     model = H3ForCausalLM.from_pretrained(args.run_dir).eval()
     report = breakdown(model, torch.tensor(data[args.split]["input_ids"]), results["task_params"]["seq_len"])
     print(f"{args.run_dir}, {args.split} split ({report['examples']} examples): accuracy {report['accuracy']:.1%}; "
-          f"answers the prompt's most frequent value {report['answers_most_frequent_value']:.1%}")
+          f"answers the prompt's most frequent value {report['answers_most_frequent_value']:.1%} (that rule alone "
+          f"answers {report['most_frequent_value_rule_accuracy']:.1%} right)")
     for title, key in (("query key occurs", "by_query_key_count"), ("last occurrence at pair", "by_last_pair")):
         for group, cell in report[key].items():
             print(f"  {title} {group}: {cell['accuracy']:.1%} of {cell['examples']}")

@@ -8,10 +8,10 @@ Example:
 Each run is a separate train_synthetic.py process (--jobs at a time, --threads each) writing to
 OUTPUT_DIR/TASK-MODEL-seedSEED/ (its log: train.log; the flags it was made with: run_args.json). Options after
 "--" go to every run. A run whose results.json exists is reused when it was made with the same flags and
-train_synthetic.py's defaults still give the settings it recorded, so an interrupted grid resumes; otherwise the
-script stops and names what differs, unless --overwrite is given (then the run is trained again). Writes
-OUTPUT_DIR/synthetics_table.md and OUTPUT_DIR/synthetics_table.json: test accuracy, the mean and standard deviation
-over seeds, steps and seconds per run.
+train_synthetic.py's defaults still give the settings and the training examples it recorded, so an interrupted
+grid resumes; otherwise the script stops and names what differs, unless --overwrite is given (then the run is
+trained again). Writes OUTPUT_DIR/synthetics_table.md and OUTPUT_DIR/synthetics_table.json: test accuracy, the
+mean and standard deviation over seeds, steps and seconds per run.
 """
 
 import json
@@ -150,6 +150,9 @@ def changed_runs(runs: list[Run]) -> list[tuple[Run, str]]:
             changed.append((run, "; ".join(differences)))
         elif differences := changed_defaults(run):
             changed.append((run, "train_synthetic.py's defaults changed since: " + "; ".join(differences)))
+        elif load_results(run).get("data_fingerprint") != data_fingerprint_now(run.flags):
+            changed.append((run, "its results.json records other training examples than its flags give today "
+                                 "(the task's generator changed, or the run predates the record)"))
     return changed
 
 
@@ -159,6 +162,13 @@ def resolved_settings(flags: list[str]) -> dict:
     parser = train_synthetic.build_parser(flag_value(flags, "task", train_synthetic.DEFAULT_TASK))
     args, _, training_args = parse_trainer_arguments(parser, [*flags, "--output_dir", "unused"])
     return json.loads(json.dumps({**training_summary(training_args), **asdict(args)}, default=str))
+
+
+def data_fingerprint_now(flags: list[str]) -> str:
+    """The fingerprint of the examples train_synthetic.py generates for ``flags`` today."""
+    parser = train_synthetic.build_parser(flag_value(flags, "task", train_synthetic.DEFAULT_TASK))
+    args, _, training_args = parse_trainer_arguments(parser, [*flags, "--output_dir", "unused"])
+    return train_synthetic.data_fingerprint(train_synthetic.build_data(args, training_args))
 
 
 def changed_defaults(run: Run) -> list[str]:

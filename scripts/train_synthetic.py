@@ -13,10 +13,11 @@ validation accuracy is checked every --eval_steps and training stops once it rea
 
 The defaults below are the ones a run uses (tuned for a 2-core CPU; the paper trains at learning rate 5e-4 for
 400 epochs). Writes OUTPUT_DIR/results.json (test eval_accuracy, steps, train_runtime, model size, task
-parameters), OUTPUT_DIR/training_curve.png, the model and the tokenizer (so that
+parameters, a fingerprint of the examples), OUTPUT_DIR/training_curve.png, the model and the tokenizer (so that
 pipeline("text-generation", OUTPUT_DIR) works).
 """
 
+import hashlib
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from datasets import DatasetDict
 from script_utils import (
     ThreadArguments,
     TrainingClock,
@@ -233,6 +235,24 @@ def plot_curve(log_history: list[dict], path: str, title: str):
     plt.close(fig)
 
 
+def build_data(args: SyntheticArguments, training_args: TrainingArguments) -> DatasetDict:
+    """The run's examples: the task's train / validation / test splits for ``--dataset_seed`` (else ``--seed``)."""
+    seed = training_args.seed if args.dataset_seed is None else args.dataset_seed
+    return load_synthetic(args.task, num_train=args.num_train, num_validation=args.num_validation,
+                          num_test=args.num_test, seed=seed, vocab_size=args.vocab_size, seq_len=args.seq_len,
+                          num_kv_pairs=args.num_kv_pairs)
+
+
+def data_fingerprint(data: DatasetDict) -> str:
+    """SHA-256 of every split's token ids and labels: equal exactly when the examples are."""
+    digest = hashlib.sha256()
+    for name in sorted(data):
+        for column in ("input_ids", "labels"):
+            digest.update(name.encode() + column.encode())
+            digest.update(np.asarray(data[name][column], dtype=np.int32).tobytes())
+    return digest.hexdigest()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(flag_value(argv, "task", DEFAULT_TASK))
@@ -241,11 +261,8 @@ def main(argv=None):
         check_trainer_fsdp(training_args)
     check_folders(parser, args, training_args)
     set_threads(threads.threads)
-    data_seed = training_args.seed if args.dataset_seed is None else args.dataset_seed
     with usage_errors(parser):  # the task's parameters are checked by the generator
-        data = load_synthetic(args.task, num_train=args.num_train, num_validation=args.num_validation,
-                              num_test=args.num_test, seed=data_seed, vocab_size=args.vocab_size,
-                              seq_len=args.seq_len, num_kv_pairs=args.num_kv_pairs)
+        data = build_data(args, training_args)
     params = synthetic_parameters(data)
     tokenizer = synthetic_tokenizer(params["vocab_size"])
     train = training_split(data, args.loss_on)
@@ -287,6 +304,7 @@ def main(argv=None):
         "seed": training_args.seed,
         "world_size": training_args.world_size,
         "task_params": params,
+        "data_fingerprint": data_fingerprint(data),
         "example_prompt": example_prompt(data["test"][0], tokenizer),
         "args": asdict(args),
         "training_args": training_summary(training_args),

@@ -34,7 +34,7 @@ def test_breakdown_equals_a_loop_over_the_examples(seq_len):
     ids = torch.tensor(data["train"]["input_ids"])
     answer = 5
     report = recall_breakdown.breakdown(ConstantAnswer(answer, 10), ids, seq_len, batch_size=64)
-    by_count, by_last, most_frequent = {}, {}, 0
+    by_count, by_last, most_frequent, rule = {}, {}, 0, 0
     for row in ids.tolist():
         tokens = row[:seq_len - 2]
         if seq_len % 2:
@@ -47,8 +47,10 @@ def test_breakdown_equals_a_loop_over_the_examples(seq_len):
         by_count.setdefault(count, []).append(target == answer)
         by_last.setdefault(last, []).append(target == answer)
         most_frequent += Counter(v for _, v in pairs).most_common(1)[0][0] == answer
+        rule += Counter(v for _, v in pairs).most_common(1)[0][0] == target
     assert report["accuracy"] == pytest.approx(float(np.mean(ids[:, -1].numpy() == answer)))
     assert report["answers_most_frequent_value"] == pytest.approx(most_frequent / len(ids))
+    assert report["most_frequent_value_rule_accuracy"] == pytest.approx(rule / len(ids))
     assert {g: (c["examples"], c["accuracy"]) for g, c in report["by_query_key_count"].items()} == \
         {g: (len(v), pytest.approx(float(np.mean(v)))) for g, v in by_count.items()}
     assert {g: (c["examples"], c["accuracy"]) for g, c in report["by_last_pair"].items()} == \

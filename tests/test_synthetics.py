@@ -135,6 +135,28 @@ def test_mqar_query_gaps_favour_short_distances(datasets):
     assert counts[:3].sum() > counts[-3:].sum()
 
 
+def test_associative_recall_queries_a_key_uniformly_among_the_keys_present():
+    """The paper's query: every key of the prompt equally likely, however often it occurs.
+
+    Counted over prompts: how often the query is a key that occurs once, against the expectation under a uniform
+    draw over the distinct keys (sum of singletons / distinct keys) and under a draw of a random pair (sum of
+    singletons / pairs), which favours frequent keys.
+    """
+    data = load_synthetic("associative_recall", num_train=20000, num_validation=10, num_test=10, seed=5)
+    seq_len = synthetic_parameters(data)["seq_len"]
+    observed = uniform = by_pair = 0.0
+    for ids in data["train"]["input_ids"]:
+        keys = ids[:seq_len - 2:2]
+        counts = {k: keys.count(k) for k in keys}
+        singletons = sum(c == 1 for c in counts.values())
+        observed += counts[ids[seq_len - 1]] == 1
+        uniform += singletons / len(counts)
+        by_pair += singletons / len(keys)
+    sigma = (uniform * (1 - uniform / 20000)) ** 0.5
+    assert abs(observed - uniform) < 4 * sigma, (observed, uniform, by_pair)
+    assert uniform - by_pair > 10 * sigma  # the test tells the two draws apart
+
+
 @pytest.mark.parametrize("task,kw,field", [
     ("mqar", dict(vocab_size=20, num_kv_pairs=10), "vocab_size"),
     ("mqar", dict(vocab_size=100, seq_len=30, num_kv_pairs=8), "seq_len"),

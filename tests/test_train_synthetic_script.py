@@ -16,6 +16,7 @@ from h3_hf.data.synthetics import load_synthetic
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 import reproduce_synthetics_table  # noqa: E402
 import train_synthetic  # noqa: E402
+from script_utils import flag_value, parse_trainer_arguments  # noqa: E402
 
 TINY = ["--num_train", "64", "--num_validation", "16", "--num_test", "16", "--num_train_epochs", "1",
         "--per_device_train_batch_size", "16", "--eval_steps", "2", "--logging_steps", "1"]
@@ -70,8 +71,10 @@ def test_trained_model_answers_through_generate_and_pipeline(tmp_path):
         reference = [model(torch.tensor([ids[:-1]]), use_cache=False).logits[0, -1].argmax().item()
                      for ids in test["input_ids"][:40]]
     assert generated.tolist() == reference
-    answers = np.array([ids[-1] for ids in test["input_ids"][:40]])
-    assert (generated.numpy() == answers).mean() > 0.4
+    every = torch.tensor(test["input_ids"])  # all 500 test prompts: generate() scores as the script's evaluation
+    answered = model.generate(every[:, :-1], attention_mask=torch.ones_like(every[:, :-1]), max_new_tokens=1,
+                              do_sample=False)[:, -1]
+    assert (answered == every[:, -1]).float().mean().item() == pytest.approx(results["eval_accuracy"], abs=1e-6)
     generator = pipeline("text-generation", model=model, tokenizer=tok)
     out = generator(prompts[:3], max_new_tokens=1, do_sample=False, return_full_text=False)
     assert [o[0]["generated_text"].strip() for o in out] == [tok.decode([r]).strip() for r in reference[:3]]
@@ -99,6 +102,27 @@ def test_grid_script_summarises_runs(tmp_path):
                for s in (0, 1))
 
 
+def fingerprint(flags: list[str]) -> str:
+    """What train_synthetic.py records for its command line ``flags``: the fingerprint of its examples (generated
+    here from the parsed flags with load_synthetic itself)."""
+    parser = train_synthetic.build_parser(flag_value(flags, "task", train_synthetic.DEFAULT_TASK))
+    args, _, training_args = parse_trainer_arguments(parser, [*flags, "--output_dir", "unused"])
+    data = load_synthetic(args.task, num_train=args.num_train, num_validation=args.num_validation,
+                          num_test=args.num_test, seed=training_args.seed if args.dataset_seed is None
+                          else args.dataset_seed)
+    return train_synthetic.data_fingerprint(data)
+
+
+def test_data_fingerprint_changes_with_any_token_and_not_otherwise():
+    data = load_synthetic("associative_recall", num_train=200, num_validation=20, num_test=20, seed=1)
+    again = load_synthetic("associative_recall", num_train=200, num_validation=20, num_test=20, seed=1)
+    assert train_synthetic.data_fingerprint(data) == train_synthetic.data_fingerprint(again)
+    ids = [list(row) for row in again["test"]["input_ids"]]
+    ids[7][3] = (ids[7][3] + 1) % 4  # another key at one position of one test example
+    again["test"] = again["test"].remove_columns("input_ids").add_column("input_ids", ids)
+    assert train_synthetic.data_fingerprint(data) != train_synthetic.data_fingerprint(again)
+
+
 @pytest.fixture
 def fake_training(monkeypatch):
     """reproduce_synthetics_table's runs without training: each train_synthetic.py command writes a results.json
@@ -110,7 +134,8 @@ def fake_training(monkeypatch):
         values = dict(zip(command[2::2], command[3::2]))  # the script's --flag value pairs
         results = {"task": values["--task"], "model": values["--model"], "seed": int(values["--seed"]),
                    "eval_accuracy": 0.998, "global_step": 10, "train_runtime": 1.5, "num_parameters": 100,
-                   "random_baseline": 0.25, "task_params": {"vocab_size": 10, "seq_len": 20}}
+                   "random_baseline": 0.25, "task_params": {"vocab_size": 10, "seq_len": 20},
+                   "data_fingerprint": fingerprint(command[2:])}
         with open(os.path.join(values["--output_dir"], "results.json"), "w") as f:
             json.dump(results, f)
         return subprocess.CompletedProcess(command, 0)
@@ -160,6 +185,24 @@ def test_grid_refuses_a_run_trained_before_a_default_changed(tmp_path, fake_trai
             f"{now['weight_decay']} now); pass --overwrite") in err
     recorded["weight_decay"] = now["weight_decay"]
     results_path.write_text(json.dumps({**results, "training_args": recorded, "args": {"loss_on": "all"}}))
+    reproduce_synthetics_table.main(grid)
+    assert len(fake_training) == 1 and "(reused)" in capsys.readouterr().out
+
+
+def test_grid_refuses_a_run_trained_on_other_examples(tmp_path, fake_training, capsys):
+    """Same flags and settings, but the examples it recorded are not those the generator gives today."""
+    grid = ["--output_dir", str(tmp_path), "--tasks", "associative_recall", "--models", "h3", "--seeds", "0"]
+    reproduce_synthetics_table.main(grid)
+    results_path = tmp_path / "associative_recall-h3-seed0" / "results.json"
+    results = json.loads(results_path.read_text())
+    for recorded in ({**results, "data_fingerprint": "0" * 64}, {k: v for k, v in results.items()
+                                                                 if k != "data_fingerprint"}):
+        results_path.write_text(json.dumps(recorded))
+        with pytest.raises(SystemExit) as exit_info:
+            reproduce_synthetics_table.main(grid)
+        assert exit_info.value.code == 2 and len(fake_training) == 1
+        assert "records other training examples than its flags give today" in capsys.readouterr().err
+    results_path.write_text(json.dumps(results))
     reproduce_synthetics_table.main(grid)
     assert len(fake_training) == 1 and "(reused)" in capsys.readouterr().out
 

@@ -27,22 +27,36 @@ def test_examples() -> torch.Tensor:
     return torch.tensor(data["test"]["input_ids"])
 
 
-def greedy(model, prompts: torch.Tensor, autocast: torch.dtype | None = None) -> torch.Tensor:
+def greedy(model, prompts: torch.Tensor, autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """6 greedy tokens after each prompt (n, 6) and, per step, the margin of the chosen token's logit over the
+    runner-up (n, 6)."""
     with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=6,
-                             do_sample=False, eos_token_id=None)
-    return out[:, prompts.shape[1]:]
+                             do_sample=False, eos_token_id=None, output_scores=True, return_dict_in_generate=True)
+    top2 = torch.stack(out.scores, dim=1).float().topk(2, dim=-1).values
+    return out.sequences[:, prompts.shape[1]:], top2[..., 0] - top2[..., 1]
+
+
+NEAR_TIE = 0.05  # logit margin; the steps where bf16 chose differently all had float32 margins below 0.02
 
 
 def test_bf16_and_fp16_greedy_generation_match_float32(test_examples):
+    """Half precision decides as float32 wherever float32's decision is not a near tie: every answer (the model is
+    sure of them), and each continuation up to its first near tie. After the answer the model predicts the next
+    random key, close to uniform over the four keys, so later steps are often near ties where paths may part."""
     prompts, answers = test_examples[:, :-1], test_examples[:, -1]
-    reference = greedy(H3ForCausalLM.from_pretrained(FIXTURE), prompts)
+    reference, margins = greedy(H3ForCausalLM.from_pretrained(FIXTURE), prompts)
     assert (reference[:, 0] == answers).float().mean() >= 0.97  # the fixture really is trained
+    assert (margins[:, 0] > NEAR_TIE).all()
+    near = margins < NEAR_TIE
+    first_tie = torch.where(near.any(1), near.int().argmax(1), near.shape[1])  # (n,)
+    decided = torch.arange(near.shape[1])[None] < first_tie[:, None]  # (n, 6): steps before the first near tie
+    assert decided[:, 1:].sum() >= 0.2 * len(prompts)  # later steps are compared too
     for dtype in (torch.bfloat16, torch.float16):
-        weights = greedy(H3ForCausalLM.from_pretrained(FIXTURE, dtype=dtype), prompts)
-        autocast = greedy(H3ForCausalLM.from_pretrained(FIXTURE), prompts, autocast=dtype)
-        assert torch.equal(weights, reference), f"{dtype} weights"
-        assert torch.equal(autocast, reference), f"{dtype} autocast"
+        weights, _ = greedy(H3ForCausalLM.from_pretrained(FIXTURE, dtype=dtype), prompts)
+        autocast, _ = greedy(H3ForCausalLM.from_pretrained(FIXTURE), prompts, autocast=dtype)
+        for name, tokens in (("weights", weights), ("autocast", autocast)):
+            assert torch.equal(tokens[decided], reference[decided]), f"{dtype} {name}"
 
 
 def cache_bytes(cache) -> int:

@@ -9,7 +9,9 @@ prefix "=>" and the no-op filler ".". Every example holds ``seq_len + 1`` tokens
   remember; the input ends with "=>" and the answer is that token.
 - associative_recall: keys are the lower half of the plain tokens, values the upper half; a fresh
   random key -> value map per example; the input lists (key, value) pairs (keys may repeat, always
-  with the same value), then "=>" and a key that occurs in it; the answer is its value.
+  with the same value), then "=>" and a key drawn uniformly among the keys that occur in it (as the
+  paper's generator: a key that occurs once is queried as often as one that occurs five times); the
+  answer is its value.
 - mqar (multi-query AR, "Zoology"): ``num_kv_pairs`` distinct keys with distinct values laid out
   ``k1 v1 k2 v2 …``; filler "." after; each key queried once later (``k v``, the value scored) at
   slots drawn without replacement with weights ∝ slot^(power_a - 1) (short gaps favoured).
@@ -118,7 +120,9 @@ def _associative_recall(rng, n, vocab_size, seq_len):
     table = rng.integers(num_keys, plain, (n, num_keys))  # key -> value, fresh per example
     keys = rng.integers(0, num_keys, (n, num_pairs))
     values = np.take_along_axis(table, keys, axis=1)
-    query = keys[np.arange(n), rng.integers(0, num_pairs, n)]
+    present = np.zeros((n, num_keys), dtype=bool)
+    np.put_along_axis(present, keys, True, axis=1)
+    query = np.where(present, rng.random((n, num_keys)), -1.0).argmax(axis=1)  # uniform over the keys present
     ids = np.full((n, seq_len + 1), vocab_size - 1)  # a leading "." when seq_len is odd
     ids[:, lead:lead + 2 * num_pairs:2] = keys
     ids[:, lead + 1:lead + 2 * num_pairs:2] = values
