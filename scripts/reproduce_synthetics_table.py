@@ -156,19 +156,23 @@ def changed_runs(runs: list[Run]) -> list[tuple[Run, str]]:
     return changed
 
 
+def parsed_run_flags(flags: list[str]):
+    """train_synthetic.py's (arguments, TrainingArguments) for ``flags`` as it parses them today."""
+    parser = train_synthetic.build_parser(flag_value(flags, "task", train_synthetic.DEFAULT_TASK))
+    args, _, training_args = parse_trainer_arguments(parser, [*flags, "--output_dir", "unused"])
+    return args, training_args
+
+
 def resolved_settings(flags: list[str]) -> dict:
     """What train_synthetic.py runs with for ``flags`` today: its arguments and the TrainingArguments its
     results.json records, as JSON values."""
-    parser = train_synthetic.build_parser(flag_value(flags, "task", train_synthetic.DEFAULT_TASK))
-    args, _, training_args = parse_trainer_arguments(parser, [*flags, "--output_dir", "unused"])
+    args, training_args = parsed_run_flags(flags)
     return json.loads(json.dumps({**training_summary(training_args), **asdict(args)}, default=str))
 
 
 def data_fingerprint_now(flags: list[str]) -> str:
     """The fingerprint of the examples train_synthetic.py generates for ``flags`` today."""
-    parser = train_synthetic.build_parser(flag_value(flags, "task", train_synthetic.DEFAULT_TASK))
-    args, _, training_args = parse_trainer_arguments(parser, [*flags, "--output_dir", "unused"])
-    return train_synthetic.data_fingerprint(train_synthetic.build_data(args, training_args))
+    return train_synthetic.data_fingerprint(train_synthetic.build_data(*parsed_run_flags(flags)))
 
 
 def changed_defaults(run: Run) -> list[str]:
