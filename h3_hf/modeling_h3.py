@@ -798,7 +798,8 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
                                  f"got {tuple(labels.shape)}")
             check_class_ids("labels", labels, self.config.vocab_size, kwargs.get("ignore_index", -100))
         cache = given_cache(cache, past_key_values)
-        decode_step = is_decode_step(input_ids if input_ids is not None else inputs_embeds, cache)
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        decode_step = tokens is not None and is_decode_step(tokens, cache)  # neither given: the backbone says so
         outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                 past_key_values=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
                                 output_hidden_states=output_hidden_states, output_attentions=output_attentions)

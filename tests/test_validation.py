@@ -253,6 +253,14 @@ def test_invalid_forward_input_raises_value_error_naming_it(models, name, inputs
         models[name](**inputs)
 
 
+def test_neither_ids_nor_embeds_with_a_filled_cache_is_the_same_clear_error(models):
+    model = models["h3"]
+    with torch.no_grad():
+        cache = getattr(model(input_ids=ids([1, 2, 3]), use_cache=True), CACHE_FIELD)
+        with pytest.raises(ValueError, match="pass exactly one of input_ids or inputs_embeds"):
+            model(past_key_values=cache, use_cache=True)
+
+
 @pytest.mark.parametrize("labels,problem_type,num_labels,match", [
     (torch.tensor([[0.0, 1.0, 0.0]]), None, 2, r"labels must have shape \(1, 2\) for multi_label"),
     (ids(1, 2), "multi_label_classification", 2, r"labels must have shape \(1, 2\) for multi_label"),
