@@ -32,7 +32,14 @@ from .diagonal_ssm import DiagonalSSMKernel
 from .fft_conv import fft_causal_conv
 from .hub_utils import CodeInCheckpointMixin
 from .precision import Float32LayerNorm, compute_dtype, no_autocast, parameter_dtype
-from .ssm_kernels import diagonal_kernel, diagonal_state, diagonal_step, initial_state_response, shift_kernel
+from .ssm_kernels import (
+    block_powers,
+    diagonal_kernel,
+    diagonal_state,
+    diagonal_step,
+    initial_state_response,
+    shift_kernel,
+)
 from .validation import check_class_ids, check_ids_or_embeds, check_mask_values
 
 # Decode parameters derived from the weights (see SSMMixer._decode_parameters), per cache: kept outside the cache's
@@ -177,12 +184,14 @@ class SSMMixer(nn.Module):
         length = u.shape[-1]
         prev_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
         log_da, db, c = self.kernel.discrete()
-        kernel = diagonal_kernel(c[0], db, log_da, length, chunk_size=self.kernel_chunk_size)
+        # the powers of dA that the kernel and the state (when a cache keeps it) both read, computed once
+        powers = block_powers(log_da, length, chunk_size=self.kernel_chunk_size)
+        kernel = diagonal_kernel(c[0], db, log_da, length, chunk_size=self.kernel_chunk_size, powers=powers)
         z = fft_causal_conv(u, kernel.to(u.dtype), self.D)
         if prev_state is not None:
             z = z + initial_state_response(prev_state, c[0], log_da, length, chunk_size=self.kernel_chunk_size)
         if cache is not None:
-            state = diagonal_state(u, log_da, db, prev_state, chunk_size=self.kernel_chunk_size)
+            state = diagonal_state(u, log_da, db, prev_state, chunk_size=self.kernel_chunk_size, powers=powers)
             cache.update_recurrent_state(state, self.layer_idx)
         return z
 

@@ -55,6 +55,16 @@ def _powers(log_da: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
     return torch.polar(torch.exp(log_da.real.unsqueeze(-1) * lags), log_da.imag.unsqueeze(-1) * lags)
 
 
+def block_powers(log_da: torch.Tensor, length: int, *, offset: int = 0,
+                 chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of dA^(offset + jC + i) that the blocked Vandermonde products over ``length`` positions read:
+    dA^i for i < C (H, N, C) and dA^(offset + jC) for j < J (H, N, J), C positions per block (:func:`_block_size`).
+    A prefill's kernel and state read the same ones (offset 0): computed once, passed to both as ``powers``."""
+    block = _block_size(length, chunk_size)
+    arange = functools.partial(torch.arange, device=log_da.device)
+    return _powers(log_da, arange(block)), _powers(log_da, offset + block * arange(-(-length // block)))
+
+
 def per_channel_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a[..., h] @ b[h] for every channel h: (..., H, M, K) @ (H, K, P) -> (..., H, M, P), as one batched product over
     H with the leading dims of ``a`` folded into its rows (broadcasting ``b`` over them instead would copy it for
@@ -68,7 +78,7 @@ def per_channel_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def vandermonde_real(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, offset: int = 0,
-                     chunk_size: int | None = None) -> torch.Tensor:
+                     chunk_size: int | None = None, powers: tuple | None = None) -> torch.Tensor:
     """Re sum_n coeff[..., h, n] * dA[h, n]^(offset + l) for l in [0, length).
 
     Blocked so that the (H, N, L) power tensor is never formed: with l = j C + i (C positions per
@@ -82,22 +92,20 @@ def vandermonde_real(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, 
         coeff: (..., H, N) complex.
         log_da: (H, N) complex.
         chunk_size: positions per block (default ceil(sqrt(length))).
+        powers: :func:`block_powers` of the same arguments, if already computed.
     Returns:
         (..., H, length) real.
     """
-    block = _block_size(length, chunk_size)
-    blocks = -(-length // block)
-    arange = functools.partial(torch.arange, device=log_da.device)
-    inner = _powers(log_da, arange(block))
+    inner, outer = powers or block_powers(log_da, length, offset=offset, chunk_size=chunk_size)  # (H, N, C), (H, N, J)
     inner = torch.stack([inner.real, -inner.imag], dim=-2)  # (H, N, 2, C)
-    outer = _powers(log_da, offset + block * arange(blocks))  # (H, N, J)
     left = torch.view_as_real(coeff.unsqueeze(-1) * outer).transpose(-3, -2)  # (..., H, J, N, 2)
     with no_autocast(log_da.device.type):  # a real matmul: autocast would run it in half precision
         product = per_channel_matmul(left.flatten(-2), inner.flatten(-3, -2))  # (..., H, J, 2N) @ (H, 2N, C)
     return product.flatten(-2)[..., :length]
 
 
-def vandermonde_transpose(u: torch.Tensor, log_da: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+def vandermonde_transpose(u: torch.Tensor, log_da: torch.Tensor, *, chunk_size: int | None = None,
+                          powers: tuple | None = None) -> torch.Tensor:
     """sum_l u[..., h, l] * dA[h, n]^(L - 1 - l): the state reached from zero after the sequence u.
 
     Blocked like :func:`vandermonde_real` on the reversed sequence (m = L - 1 - l = j C + i); for real u the
@@ -106,16 +114,16 @@ def vandermonde_transpose(u: torch.Tensor, log_da: torch.Tensor, *, chunk_size: 
     Args:
         u: (..., H, L) real (or complex).
         log_da: (H, N) complex.
+        powers: :func:`block_powers` (offset 0) over u's length, if already computed.
     Returns:
         (..., H, N) complex (still to be multiplied by dB).
     """
     length = u.shape[-1]
-    block = _block_size(length, chunk_size)
-    blocks = -(-length // block)
-    arange = functools.partial(torch.arange, device=log_da.device)
+    inner, outer = powers or block_powers(log_da, length, chunk_size=chunk_size)
+    block, blocks = inner.shape[-1], outer.shape[-1]
     rev = F.pad(u.flip(-1), (0, blocks * block - length))
     rev = rev.reshape(*u.shape[:-1], blocks, block)  # (..., H, J, C), rev[.., j, i] = u[L - 1 - jC - i]
-    inner = _powers(log_da, arange(block)).transpose(-1, -2)  # (H, C, N)
+    inner = inner.transpose(-1, -2)  # (H, C, N)
     with no_autocast(log_da.device.type):  # autocast would run the real matmuls in half precision
         if rev.is_complex():
             partial = per_channel_matmul(rev.to(inner.dtype), inner)
@@ -123,26 +131,26 @@ def vandermonde_transpose(u: torch.Tensor, log_da: torch.Tensor, *, chunk_size: 
             n = inner.shape[-1]
             product = per_channel_matmul(rev.to(inner.real.dtype), torch.cat([inner.real, inner.imag], dim=-1))
             partial = torch.complex(product[..., :n], product[..., n:])  # (..., H, J, N)
-    outer = _powers(log_da, block * arange(blocks)).transpose(-1, -2)  # (H, J, N)
-    return (partial * outer).sum(-2)
+    return (partial * outer.transpose(-1, -2)).sum(-2)  # outer (H, J, N)
 
 
 def diagonal_kernel(c: torch.Tensor, db: torch.Tensor, log_da: torch.Tensor, length: int,
-                    *, chunk_size: int | None = None) -> torch.Tensor:
+                    *, chunk_size: int | None = None, powers: tuple | None = None) -> torch.Tensor:
     """Convolution kernel K[..., h, l] = 2 Re sum_n C dB dA^l of a diagonal SSM.
 
     Args:
         c: (..., H, N) complex output matrix (extra leading dims, e.g. directions, are kept).
         db: (H, N) complex discrete input matrix (B times the ``db_scale`` of the discretisation).
         log_da: (H, N) complex, from :func:`discretize_diagonal`.
+        powers: :func:`block_powers` over ``length``, if already computed.
     Returns:
         (..., H, length) real.
     """
-    return vandermonde_real(2 * c * db, log_da, length, chunk_size=chunk_size)
+    return vandermonde_real(2 * c * db, log_da, length, chunk_size=chunk_size, powers=powers)
 
 
 def diagonal_state(u: torch.Tensor, log_da: torch.Tensor, db: torch.Tensor, initial_state: torch.Tensor | None = None,
-                   *, chunk_size: int | None = None) -> torch.Tensor:
+                   *, chunk_size: int | None = None, powers: tuple | None = None) -> torch.Tensor:
     """Closed-form state after running x_t = dA x_{t-1} + dB u_t over u (no loop over time).
 
     x_L = dA^L x_0 + dB sum_l dA^(L-1-l) u_l.
@@ -151,10 +159,11 @@ def diagonal_state(u: torch.Tensor, log_da: torch.Tensor, db: torch.Tensor, init
         u: (..., H, L) real input sequence.
         log_da, db: (H, N) complex (``db`` = dB, the discrete input matrix).
         initial_state: optional (..., H, N) complex state before u.
+        powers: :func:`block_powers` over u's length, if already computed.
     Returns:
         (..., H, N) complex.
     """
-    state = db * vandermonde_transpose(u, log_da, chunk_size=chunk_size)
+    state = db * vandermonde_transpose(u, log_da, chunk_size=chunk_size, powers=powers)
     if initial_state is not None:
         state = state + torch.exp(log_da * u.shape[-1]) * initial_state
     return state

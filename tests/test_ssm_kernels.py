@@ -8,6 +8,8 @@ from h3_hf.diagonal_ssm import DiagonalSSMKernel
 from h3_hf.fft_conv import fft_causal_conv
 from h3_hf.ssm_kernels import (
     DISCRETIZATIONS,
+    block_powers,
+    diagonal_kernel,
     diagonal_state,
     diagonal_step,
     initial_state_response,
@@ -95,6 +97,22 @@ def test_blocked_vandermonde_transpose_equals_weighted_sum(length, chunk_size):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
     got_complex = vandermonde_transpose(u.to(torch.complex128), log_da, chunk_size=chunk_size)
     torch.testing.assert_close(got_complex, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("length, chunk_size", [(1, None), (64, None), (100, 7)])
+def test_kernel_and_state_from_one_set_of_powers_equal_their_references(length, chunk_size):
+    """A prefill computes dA's block powers once for the kernel and the state; both still equal the plain sums."""
+    torch.manual_seed(length)
+    log_da = random_log_da(3, 4)
+    db, c = torch.randn(3, 4, dtype=torch.complex128), torch.randn(3, 4, dtype=torch.complex128)
+    u = torch.randn(2, 3, length, dtype=torch.float64)
+    powers = block_powers(log_da, length, chunk_size=chunk_size)
+    kernel = diagonal_kernel(c, db, log_da, length, chunk_size=chunk_size, powers=powers)
+    torch.testing.assert_close(kernel, naive_vandermonde(2 * c * db, log_da, length).real, rtol=1e-10, atol=1e-10)
+    lags = torch.arange(length - 1, -1, -1, dtype=torch.float64)
+    expected_state = db * (u.to(torch.complex128).unsqueeze(-2) * torch.exp(log_da.unsqueeze(-1) * lags)).sum(-1)
+    state = diagonal_state(u, log_da, db, chunk_size=chunk_size, powers=powers)
+    torch.testing.assert_close(state, expected_state, rtol=1e-10, atol=1e-10)
 
 
 def test_blocked_vandermonde_gradients_pass_gradcheck():
