@@ -32,14 +32,8 @@ from .diagonal_ssm import DiagonalSSMKernel
 from .fft_conv import fft_causal_conv
 from .hub_utils import CodeInCheckpointMixin
 from .precision import Float32LayerNorm, compute_dtype, no_autocast, parameter_dtype
-from .ssm_kernels import (
-    block_powers,
-    diagonal_kernel,
-    diagonal_state,
-    diagonal_step,
-    initial_state_response,
-    shift_kernel,
-)
+from .ssm_kernels import block_powers, diagonal_kernel, diagonal_state, initial_state_response, shift_kernel
+from .token_products import token_product, token_weight
 from .validation import check_class_ids, check_ids_or_embeds, check_mask_values
 
 # Decode parameters derived from the weights (see SSMMixer._decode_parameters), per cache: kept outside the cache's
@@ -175,8 +169,8 @@ class SSMMixer(nn.Module):
     decode-step parameters derived from the weights once per generation.
 
     A mixer defines ``forward(hidden_states, ssm_mask, past_key_values)`` on (batch, length, d),
-    ``_step_parameters(dtype)`` (what a decode step reads, derived from the weights) and ``_step_weights()`` (the
-    weights it reads them from).
+    ``_step_parameters(dtype)`` (what a decode step reads, derived from the mixer's weights: the parameters of the
+    mixer and of its direct submodules).
     """
 
     def _diag_convolve(self, u: torch.Tensor, cache: Cache | None) -> torch.Tensor:
@@ -196,23 +190,21 @@ class SSMMixer(nn.Module):
         return z
 
     def _diag_step(self, u: torch.Tensor, cache: Cache, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Diagonal SSM recurrence for one token, u (batch, ..., channels, 1)."""
-        state, z = diagonal_step(cache.get_recurrent_state(self.layer_idx), u[..., 0], params["da"], params["db"],
-                                 params["c"])
-        cache.update_recurrent_state(state, self.layer_idx)
-        return (z + params["skip"] * u[..., 0]).unsqueeze(-1)
+        """Diagonal SSM recurrence for one token: u (batch, ..., channels) -> diag_ssm(u) + D u of the same shape.
+        The cached state (batch, ..., channels, N/2) advances in place: x <- dA x + dB u; y = 2 Re(C x)."""
+        state = cache.get_recurrent_state(self.layer_idx)
+        state.mul_(params["da"]).addcmul_(params["db"], u.unsqueeze(-1))
+        return torch.addcmul((params["c2"] * state).sum(-1).real, params["skip"], u)
 
     def _diag_step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """dA, dB and 2 C (H, N/2), complex, and D (H,)."""
         log_da, db, c = self.kernel.discrete()
-        return {"da": torch.exp(log_da), "db": db, "c": c[0], "skip": self.D.to(dtype)}
-
-    def _diag_weights(self) -> list[torch.Tensor]:
-        k = self.kernel
-        return [k.log_dt, k.inv_A_real, k.A_imag, k.B, k.C, self.D]
+        return {"da": torch.exp(log_da), "db": db, "c2": 2 * c[0], "skip": self.D.to(dtype)}
 
     def _decode_parameters(self, cache: Cache, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """:meth:`_step_parameters`, derived once per generation (see :func:`cached_step_parameters`)."""
-        return cached_step_parameters(cache, self.layer_idx, dtype, self._step_weights(),
+        weights = [*self._parameters.values(), *(p for m in self._modules.values() for p in m._parameters.values())]
+        return cached_step_parameters(cache, self.layer_idx, dtype, weights,
                                       lambda: self._step_parameters(dtype))
 
 
@@ -237,11 +229,30 @@ def cached_step_parameters(cache: Cache, slot, dtype: torch.dtype, weights: list
     return entry[1]
 
 
+def mask_token(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero (batch, ...) ``x`` of one decoded token where the last column of ``mask`` (batch, past + 1) is 0."""
+    return x if mask is None else mask_padding(x.unsqueeze(-1), mask[:, -1:]).squeeze(-1)
+
+
 def is_plain_linear(*modules: nn.Module) -> bool:
     """Whether every module is an ``nn.Linear`` itself, without forward hooks: its weight and bias then are all it
     computes, so the mixers may read them directly (fused or transposed products). Anything else (a peft adapter,
     a quantised layer, a hook) is run as a module."""
-    return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+    return all(type(m) is nn.Linear and not is_observed(m) for m in modules)
+
+
+def is_observed(module: nn.Module) -> bool:
+    """Whether calling ``module`` does more than its ``forward``: a forward or backward hook on it, or a ``forward``
+    replaced on the instance (as accelerate's device hooks do)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or "forward" in module.__dict__)
+
+
+def global_module_hooks() -> bool:
+    """Whether forward or backward hooks are registered for every module (``nn.modules.module``'s global ones)."""
+    hooks = nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                or hooks._global_backward_pre_hooks)
 
 
 def is_decode_step(hidden_states: torch.Tensor, cache: Cache | None) -> bool:
@@ -285,39 +296,59 @@ class H3Mixer(SSMMixer):
 
     def forward(self, hidden_states: torch.Tensor, ssm_mask: torch.Tensor | None = None,
                 past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
-        """hidden_states (batch, length, d); ssm_mask (batch, length), 0 at padding."""
+        """hidden_states (batch, length, d); ssm_mask (batch, length), 0 at padding. One token continuing a cache
+        runs :meth:`step`, anything else the convolution mode."""
         cache = past_key_values
-        decoding = is_decode_step(hidden_states, cache)
+        if is_decode_step(hidden_states, cache):
+            return self.step(hidden_states[:, 0], cache, ssm_mask)[:, None]
         with no_autocast(hidden_states.device.type):
             dtype = compute_dtype(self.output_linear.weight)
             x = hidden_states.to(dtype)
-            params = self._decode_parameters(cache, dtype) if decoding else None
             projections = (self.q_proj, self.k_proj, self.v_proj)
             # 1. projections, each (B, d, L) contiguous along L (what the FFTs and the gating read)
-            if not is_plain_linear(*projections):  # an adapter, a quantised layer or a hook: run the modules
-                q, k, v = (lin(hidden_states).to(dtype).transpose(1, 2).contiguous() for lin in projections)
-            elif decoding:  # one (batch, d) @ (d, 3d) product for q, k and v
-                q, k, v = torch.addmm(params["qkv_bias"], x[:, 0], params["qkv_weight_t"])[..., None].chunk(3, dim=1)
-            else:
+            if is_plain_linear(*projections):
                 q, k, v = (torch.baddbmm(lin.bias.to(dtype)[:, None], lin.weight.to(dtype).expand(len(x), -1, -1),
                                          x.transpose(1, 2)) for lin in projections)
+            else:  # an adapter, a quantised layer or a hook: run the modules
+                q, k, v = (lin(hidden_states).to(dtype).transpose(1, 2).contiguous() for lin in projections)
             # 2. shift SSM on k; padding is zeroed first so it never enters a state
-            k = mask_padding(k, ssm_mask)
-            k = self._shift_step(k, cache, params) if decoding else self._shift_convolve(k, cache)
+            k = self._shift_convolve(mask_padding(k, ssm_mask), cache)
             # 3. per-head outer product kv (B, E, E, H, L)
             kv = mask_padding(self._heads(k).unsqueeze(2) * self._heads(v).unsqueeze(1), ssm_mask)
             # 4. diagonal SSM on kv
-            z = self._diag_step(kv, cache, params) if decoding else self._diag_convolve(kv, cache)
+            z = self._diag_convolve(kv, cache)
             # 5. gate with q, sum over the head's input dim, output projection
             y = self._readout(q, z)
-            if not is_plain_linear(self.output_linear):
-                out = self.output_linear(y.transpose(1, 2).to(hidden_states.dtype))
-            elif decoding:
-                out = torch.addmm(params["out_bias"], y[..., 0], params["out_weight_t"])[:, None]
-            else:
+            if is_plain_linear(self.output_linear):
                 out = F.linear(y.transpose(1, 2), self.output_linear.weight.to(dtype),
                                self.output_linear.bias.to(dtype))
+            else:
+                out = self.output_linear(y.transpose(1, 2).to(hidden_states.dtype))
         return out.to(hidden_states.dtype)
+
+    def step(self, x: torch.Tensor, cache: Cache, ssm_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Recurrent mode, one token: x (batch, d) -> (batch, d), the same five stages as :meth:`forward` on the
+        states in ``cache`` (advanced in place). ``ssm_mask`` (batch, past + 1): the last column 0 marks padding."""
+        with no_autocast(x.device.type):
+            dtype = compute_dtype(self.output_linear.weight)
+            params = self._decode_parameters(cache, dtype)
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            if is_plain_linear(*projections):  # one (batch, d) @ (d, 3d) product for q, k and v
+                q, k, v = token_product(x.to(dtype), params["qkv"]).chunk(3, dim=-1)
+            else:
+                q, k, v = (lin(x).to(dtype) for lin in projections)
+            k = self._shift_step(mask_token(k, ssm_mask), cache, params)
+            if self.head_dim == 1:  # the outer product and the readout are elementwise
+                kv = mask_token(k * v, ssm_mask).view(len(x), 1, 1, -1)  # (B, E, E, H)
+                y = q * self._diag_step(kv, cache, params).view(len(x), -1)
+            else:
+                kv = mask_token(self._heads(k).unsqueeze(2) * self._heads(v).unsqueeze(1), ssm_mask)  # (B, E, E, H)
+                y = self._readout(q, self._diag_step(kv, cache, params))
+            if is_plain_linear(self.output_linear):
+                out = token_product(y, params["out"])
+            else:
+                out = self.output_linear(y.to(x.dtype))
+        return out.to(x.dtype)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d, ...) with channel = h * E + i -> (batch, E, H, ...)."""
@@ -325,9 +356,10 @@ class H3Mixer(SSMMixer):
         return x.reshape(b, self.num_heads, self.head_dim, *x.shape[2:]).transpose(1, 2)
 
     def _readout(self, q: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """y[b, j*H + h, l] = sum_i q[b, h*E + i, l] z[b, i, j, h, l]; returns (batch, d, length)."""
-        y = (self._heads(q).unsqueeze(2) * z).sum(1)  # (B, E_j, H, L)
-        return y.reshape(y.shape[0], self.hidden_size, y.shape[-1])
+        """y[b, j*H + h, ...] = sum_i q[b, h*E + i, ...] z[b, i, j, h, ...]; returns (batch, d, ...) (... = length,
+        or nothing in a decode step)."""
+        y = (self._heads(q).unsqueeze(2) * z).sum(1)  # (B, E_j, H, ...)
+        return y.reshape(y.shape[0], self.hidden_size, *y.shape[3:])
 
     def _shift_convolve(self, k: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         """shift_ssm(k) + ssm_k_D k over (batch, d, length) k, continuing the cached window if any."""
@@ -344,35 +376,25 @@ class H3Mixer(SSMMixer):
         return k_shift
 
     def _shift_step(self, k: torch.Tensor, cache: Cache, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Shift SSM for one token, k (batch, d, 1): a dot product with the cached window (oldest first)."""
-        window = cache.update_conv_state(k, self.layer_idx, conv_kernel_size=self.state_size)[..., -self.state_size:]
-        return (window.to(k.dtype) * params["shift"]).sum(-1, keepdim=True) + params["shift_skip"] * k
+        """Shift SSM for one token, k (batch, d): a dot product with the cached window (oldest first)."""
+        window = cache.update_conv_state(k[..., None], self.layer_idx, conv_kernel_size=self.state_size)
+        shifted = torch.linalg.vecdot(window[..., -self.state_size:], params["shift"])
+        return torch.addcmul(shifted, params["shift_skip"], k)
 
     def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """q/k/v as one (d, 3d) transposed weight and (3d,) bias, the output projection's (d, d) transposed weight
-        and bias, the shift kernel oldest-lag-first (d, N), ssm_k_D (d, 1), and dA, dB, C (H, N) and D (H,) of the
-        diagonal SSM. Transposed weights: a one-token product x @ W^T reads W^T row by row (faster on CPU)."""
+        """q/k/v as one (3d, d) layer and the output projection, sliced for one-token products (``token_weight``),
+        the shift kernel oldest-lag-first (d, N), ssm_k_D (d,), and the diagonal SSM's (``_diag_step_parameters``)."""
         projections, params = (self.q_proj, self.k_proj, self.v_proj), {}
         if is_plain_linear(*projections):  # else the modules run (see forward)
-            params.update(qkv_weight_t=torch.cat([p.weight for p in projections]).to(dtype).t().contiguous(),
-                          qkv_bias=torch.cat([p.bias for p in projections]).to(dtype))
+            params["qkv"] = token_weight(torch.cat([p.weight for p in projections]).to(dtype),
+                                         torch.cat([p.bias for p in projections]).to(dtype))
         if is_plain_linear(self.output_linear):
-            params.update(out_weight_t=self.output_linear.weight.to(dtype).t().contiguous(),
-                          out_bias=self.output_linear.bias.to(dtype))
+            params["out"] = token_weight(self.output_linear.weight.to(dtype), self.output_linear.bias.to(dtype))
         if self.has_shift_ssm:
-            params.update(shift=self.shift_kernel().to(dtype).flip(-1), shift_skip=self.ssm_k_D.to(dtype)[:, None])
+            params.update(shift=self.shift_kernel().to(dtype).flip(-1), shift_skip=self.ssm_k_D.to(dtype))
         if self.has_diag_ssm:
             params.update(self._diag_step_parameters(dtype))
         return params
-
-    def _step_weights(self) -> list[torch.Tensor]:
-        weights = [t for p in (self.q_proj, self.k_proj, self.v_proj, self.output_linear) for t in (p.weight, p.bias)]
-        if self.has_shift_ssm:
-            weights += [self.shift_kernel.B, self.shift_kernel.C, self.ssm_k_D]
-        if self.has_diag_ssm:
-            weights += self._diag_weights()
-        return weights
-
 
 class H3ShiftOnlyMixer(H3Mixer):
     """Ablation ``mixer_type="h3_shift_only"``: H3 without the diagonal SSM (z = kv)."""
@@ -416,29 +438,32 @@ class S4DMixer(SSMMixer):
 
     def forward(self, hidden_states: torch.Tensor, ssm_mask: torch.Tensor | None = None,
                 past_key_values: Cache | None = None, **kwargs) -> torch.Tensor:
-        """hidden_states (batch, length, d); ssm_mask (batch, length), 0 at padding."""
+        """hidden_states (batch, length, d); ssm_mask (batch, length), 0 at padding. One token continuing a cache
+        runs :meth:`step`, anything else the convolution mode."""
         cache = past_key_values
-        decoding = is_decode_step(hidden_states, cache)
+        if is_decode_step(hidden_states, cache):
+            return self.step(hidden_states[:, 0], cache, ssm_mask)[:, None]
         with no_autocast(hidden_states.device.type):
+            u = mask_padding(hidden_states.to(compute_dtype(self.output_linear.weight)).transpose(1, 2), ssm_mask)
+            return self._output(self._diag_convolve(u, cache).transpose(1, 2), hidden_states.dtype)
+
+    def step(self, x: torch.Tensor, cache: Cache, ssm_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Recurrent mode, one token: x (batch, d) -> (batch, d), the cached state advanced in place.
+        ``ssm_mask`` (batch, past + 1): the last column 0 marks padding."""
+        with no_autocast(x.device.type):
             dtype = compute_dtype(self.output_linear.weight)
-            u = mask_padding(hidden_states.to(dtype).transpose(1, 2), ssm_mask)  # (B, d, L)
-            if decoding:
-                z = self._diag_step(u, cache, self._decode_parameters(cache, dtype))
-            else:
-                z = self._diag_convolve(u, cache)
-            if is_plain_linear(self.output_linear):
-                out = F.linear(F.gelu(z).transpose(1, 2), self.output_linear.weight.to(dtype),
-                               self.output_linear.bias.to(dtype))
-            else:  # an adapter, a quantised layer or a hook: run the module
-                out = self.output_linear(F.gelu(z).transpose(1, 2).to(hidden_states.dtype))
-        return out.to(hidden_states.dtype)
+            u = mask_token(x.to(dtype), ssm_mask)
+            return self._output(self._diag_step(u, cache, self._decode_parameters(cache, dtype)), x.dtype)
+
+    def _output(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """output_linear(gelu(z)) for z (..., d) in the compute dtype, returned in ``dtype``."""
+        if is_plain_linear(self.output_linear):
+            weight = self.output_linear.weight
+            return F.linear(F.gelu(z), weight.to(z.dtype), self.output_linear.bias.to(z.dtype)).to(dtype)
+        return self.output_linear(F.gelu(z).to(dtype))  # an adapter, a quantised layer or a hook: run the module
 
     def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         return self._diag_step_parameters(dtype)
-
-    def _step_weights(self) -> list[torch.Tensor]:
-        return self._diag_weights()
-
 
 MIXER_CLASSES = dict(zip(MIXER_TYPES, (H3Mixer, H3ShiftOnlyMixer, H3DiagOnlyMixer, S4DMixer), strict=True))
 
@@ -521,16 +546,22 @@ class H3MLP(nn.Module):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        if is_decode_step(x, cache) and is_plain_linear(self.fc1):
-            # one token: fc1 as (batch, d) @ (d, 4d) with fc1's weight transposed once per generation; CPU BLAS
-            # reads that layout faster for this shape (fc2's own layout is the faster one for its shape)
-            weight = self.fc1.weight
-            params = cached_step_parameters(cache, ("mlp", self.layer_idx), weight.dtype, [weight, self.fc1.bias],
-                                            lambda: {"fc1_weight_t": weight.t().contiguous()})
-            hidden = torch.addmm(self.fc1.bias, x[:, 0], params["fc1_weight_t"])[:, None]
-        else:
-            hidden = self.fc1(x)
-        return self.fc2(F.gelu(hidden, approximate="tanh"))
+        if is_decode_step(x, cache):
+            return self.step(x[:, 0], cache)[:, None]
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+    def step(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """One token, x (batch, d) -> (batch, d): fc1 and fc2 as one-token products over slices of their weights
+        (``token_weight``, kept with the cache), or run as modules if adapted or hooked."""
+        fc1, fc2 = self.fc1, self.fc2
+        plain = is_plain_linear(fc1), is_plain_linear(fc2)
+        params = cached_step_parameters(cache, ("mlp", self.layer_idx), fc1.weight.dtype,
+                                        [fc1.weight, fc1.bias, fc2.weight, fc2.bias],
+                                        lambda: {"fc1": token_weight(fc1.weight, fc1.bias) if plain[0] else None,
+                                                 "fc2": token_weight(fc2.weight, fc2.bias) if plain[1] else None})
+        hidden = token_product(x, params["fc1"]) if plain[0] and params["fc1"] else fc1(x)
+        hidden = F.gelu(hidden, approximate="tanh")
+        return token_product(hidden, params["fc2"]) if plain[1] and params["fc2"] else fc2(hidden)
 
 
 class H3Block(GradientCheckpointingLayer):
@@ -560,6 +591,25 @@ class H3Block(GradientCheckpointingLayer):
             mixed = self.mixer(normed, ssm_mask=ssm_mask, past_key_values=past_key_values)
         hidden_states = hidden_states + self.dropout(mixed)
         return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states), past_key_values)), weights
+
+    def can_step(self) -> bool:
+        """Whether :meth:`step` computes what a module call of this block would: no dropout active, and no call it
+        skips (this block's, its norms', mixer's, MLP's and dropout's) hooked or wrapped."""
+        return not self.training and not any(map(is_observed, (self, self.norm1, self.mixer, self.norm2, self.mlp,
+                                                               self.dropout)))
+
+    def step(self, x: torch.Tensor, cache: Cache, causal_mask=None, ssm_mask=None, position_ids=None) -> torch.Tensor:
+        """:meth:`forward` for one token continuing ``cache``, x (batch, d) -> (batch, d), calling the submodules'
+        ``forward`` and ``step`` methods directly (a module call costs more than a small layer's work); only where
+        :meth:`can_step`."""
+        normed = self.norm1.forward(x)
+        if self.is_attention:
+            mixed = self.mixer.forward(normed[:, None], attention_mask=causal_mask, position_ids=position_ids,
+                                       past_key_values=cache)[0][:, 0]
+        else:
+            mixed = self.mixer.step(normed, cache, ssm_mask)
+        x = x + mixed
+        return x + self.mlp.step(self.norm2.forward(x), cache)
 
 
 class H3PreTrainedModel(CodeInCheckpointMixin, PreTrainedModel):
@@ -712,21 +762,37 @@ class H3Model(H3PreTrainedModel):
         hidden_states = self.drop(inputs_embeds)
         all_hidden = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for block in self.layers:
-            hidden_states, weights = block(hidden_states, causal_mask=causal_mask, ssm_mask=ssm_mask,
-                                           position_ids=position_ids,
-                                           past_key_values=past_key_values if use_cache else None,
-                                           output_attentions=output_attentions)
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
-            if output_attentions and block.is_attention:
-                all_attentions += (weights,)
+        if use_cache and not (output_hidden_states or output_attentions) and self._steps_blocks(hidden_states,
+                                                                                               past_key_values):
+            x = hidden_states[:, 0]
+            if ssm_mask is not None and bool(ssm_mask[:, -1].all()):  # a real token in every row: nothing to zero
+                ssm_mask = None
+            for block in self.layers:  # the same blocks, without a module call per submodule
+                x = block.step(x, past_key_values, causal_mask, ssm_mask, position_ids)
+            hidden_states = x[:, None]
+        else:
+            for block in self.layers:
+                hidden_states, weights = block(hidden_states, causal_mask=causal_mask, ssm_mask=ssm_mask,
+                                               position_ids=position_ids,
+                                               past_key_values=past_key_values if use_cache else None,
+                                               output_attentions=output_attentions)
+                if output_hidden_states:
+                    all_hidden += (hidden_states,)
+                if output_attentions and block.is_attention:
+                    all_attentions += (weights,)
         hidden_states = self.ln_f(hidden_states)
         if use_cache and hasattr(past_key_values, "seen_tokens"):
             past_key_values.seen_tokens += length
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, hidden_states=all_hidden,
                                        attentions=all_attentions,
                                        **{CACHE_FIELD: past_key_values if use_cache else None})
+
+
+    def _steps_blocks(self, hidden_states: torch.Tensor, cache: Cache | None) -> bool:
+        """Whether a forward of ``hidden_states`` (batch, length, d) may run each block's ``step`` directly: a decode
+        step (one token continuing ``cache``), not compiling, no global module hook, every block ``can_step``."""
+        return (is_decode_step(hidden_states, cache) and not torch.compiler.is_compiling() and not global_module_hooks()
+                and all(block.can_step() for block in self.layers))
 
 
 class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
@@ -771,16 +837,16 @@ class H3ForCausalLM(H3PreTrainedModel, GenerationMixin):
     def _decode_step_logits(self, hidden_states: torch.Tensor, cache: H3Cache) -> torch.Tensor:
         """Logits (batch, 1, vocab_size) of one decoded token from hidden_states (batch, 1, d).
 
-        On CPU: hidden @ W^T with W^T (d, vocab_size) transposed once per generation and kept with the cache (a
-        copy of the head's size). CPU BLAS reads that layout faster in a one-token product, and at the GPT-2
-        vocabulary the head is the largest weight a decode step reads. Elsewhere the head is applied as it is."""
+        On CPU the head is a one-token product over slices of W^T, one per thread (``token_weight``: a copy of the
+        head's size, made once per generation and kept with the cache): at the GPT-2 vocabulary it is the largest
+        weight a decode step reads, and the one where that layout pays. Elsewhere the head is applied as it is."""
         weight = self.lm_head.weight
         if (not is_plain_linear(self.lm_head) or self.lm_head.bias is not None or hidden_states.shape[1] != 1
                 or weight.device.type != "cpu"):
             return self.lm_head(hidden_states)
         params = cached_step_parameters(cache, "lm_head", weight.dtype, [weight],
-                                        lambda: {"weight_t": weight.t().contiguous()})
-        return torch.mm(hidden_states[:, 0], params["weight_t"])[:, None]
+                                        lambda: {"weight": token_weight(weight, transpose=True)})
+        return token_product(hidden_states[:, 0], params["weight"])[:, None]
 
     @can_return_tuple
     def forward(

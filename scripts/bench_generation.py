@@ -9,9 +9,10 @@ Example:
 Two modes. ``--mode steps`` (the default, described next) times the model's own decode steps. ``--mode
 generate`` times what users call: ``model.generate()`` (greedy) with a logits processor that stamps the clock
 at every step, so the prefill (call to first stamp) and each decode step (between stamps) are timed from inside
-the generation loop; the median step and the prefill of the best of ``--rounds`` calls are reported, with prefill
-tokens/s, the cache's bytes after the call and the bytes of the weights derived for decoding that the cache holds
-(H3's transposed projections and LM head, its SSM step parameters). ``--shape 125m`` builds the released sizes:
+the generation loop; the median step, the first step and the prefill of the best of ``--rounds`` calls are
+reported, with prefill tokens/s, the cache's bytes after the call and the bytes of the weights derived for decoding
+that the cache holds (H3's fused q/k/v weight and transposed LM head, its SSM step parameters; derived in the first
+step). ``--shape 125m`` builds the released sizes:
 H3-125M (width 768, 12 layers, attention at layer 6), a pure-SSM H3 of the same shape, GPT-2 124M and Mamba 130M (24
 blocks), all with the GPT-2 vocabulary (50,257); ``--shape toy`` is width 256, 4 layers, vocabulary 1,024. Mamba runs
 transformers' PyTorch path (no CUDA kernels on CPU); its prompt is scanned by mambapy's parallel scan when mambapy
@@ -153,7 +154,8 @@ class StepClock(LogitsProcessor):
 @torch.no_grad()
 def time_generate(model, prompt: torch.Tensor, new_tokens: int) -> dict:
     """One greedy ``generate()`` of ``new_tokens`` after ``prompt`` (batch, C): prefill seconds (call to first
-    stamp: the prompt's forward pass and generate()'s setup), the median decode step and the cache's bytes."""
+    stamp: the prompt's forward pass and generate()'s setup), the median decode step, the first one (H3 derives what
+    its steps read there) and the cache's bytes."""
     clock = StepClock()
     start = time.perf_counter()
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
@@ -163,6 +165,7 @@ def time_generate(model, prompt: torch.Tensor, new_tokens: int) -> dict:
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or getattr(out, "cache_params", None)
     cache_bytes = sum(t.numel() * t.element_size() for t in cache_tensors(cache)) if cache is not None else 0
     return {"prefill_seconds": clock.stamps[0] - start, "seconds_per_token": statistics.median(steps),
+            "first_step_seconds": steps[0],
             "cache_bytes": cache_bytes, "derived_bytes": derived_bytes(model, cache)}
 
 
@@ -170,8 +173,14 @@ def derived_bytes(model, cache) -> int:
     """Bytes of what decode steps derive from the weights and keep with the cache for the generation (H3: the
     transposed projections and LM head, the SSMs' step parameters), not counting the model's own parameters."""
     own = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    tensors = {id(t): t for _key, params in getattr(cache, "step_parameters", {}).values() for t in params.values()
-               if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in own}
+    values = [v for _key, params in getattr(cache, "step_parameters", {}).values() for v in params.values()]
+    tensors = {}
+    while values:  # tensors, and tensors in tuples (a sliced weight and its bias)
+        value = values.pop()
+        if isinstance(value, tuple):
+            values.extend(value)
+        elif isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() not in own:
+            tensors[value.untyped_storage().data_ptr()] = value
     return sum(t.untyped_storage().nbytes() for t in tensors.values())
 
 
@@ -186,7 +195,7 @@ def run_generate_mode(models: dict, args) -> dict:
         for batch, context, name in runs:
             sample = time_generate(models[name], prompts[batch, context], args.steps + 1)
             best = results[name][str(batch)].setdefault(str(context), sample)
-            for key in ("prefill_seconds", "seconds_per_token"):
+            for key in ("prefill_seconds", "seconds_per_token", "first_step_seconds"):
                 best[key] = min(best[key], sample[key])
     for name in models:
         for batch in map(str, args.batches):
@@ -202,6 +211,8 @@ def print_generate_tables(results: dict, args, machine: str):
     base = str(min(args.contexts))
     for batch in map(str, args.batches):
         for title, key, unit in [("generate(): decode step (ms)", "seconds_per_token", 1e3),
+                                 ("generate(): first decode step, deriving what the steps read (ms)",
+                                  "first_step_seconds", 1e3),
                                  ("generate(): prefill (tokens/s)", "prefill_tokens_per_second", 1),
                                  ("generate(): cache after the call (MiB)", "cache_bytes", 2**-20),
                                  ("generate(): weights derived for decoding, held with the cache (MiB)",

@@ -180,3 +180,10 @@ def naive_s5(ssm: S5SSM, u: torch.Tensor, timesteps: torch.Tensor | None) -> tor
                 x = lam_bar * x + b_bar @ u[i, k].to(torch.complex128)
                 y[i, k] += scale * (c[:, half:] @ x).real
     return y + sd["D"] * u
+
+
+def token_weight_matrix(w) -> torch.Tensor:
+    """The (out_features, in_features) weight a ``TokenWeight`` holds, reassembled from its slices."""
+    if not w.transposed:
+        return w.weight.reshape(w.out_features, -1)
+    return w.weight.transpose(0, 1).reshape(w.weight.shape[1], -1)[:, :w.out_features].t()

@@ -141,7 +141,7 @@ def test_model_push_uploads_a_self_contained_checkpoint(kind, hub, tmp_path):
     (commit,) = hub.commits
     code = {f"modeling_{kind}.py", f"configuration_{kind}.py", "hub_utils.py", "validation.py", "precision.py",
             "ssm_init.py", "ssm_kernels.py"}
-    code |= {"modeling_sequence.py"} if kind != "h3" else set()
+    code |= {"modeling_sequence.py"} if kind != "h3" else {"token_products.py"}
     code |= {"ssm_scan.py", "s5_ssm.py"} if kind == "s5" else {"fft_conv.py", "diagonal_ssm.py"}
     expected = {"README.md", "config.json", "model.safetensors", *code}
     expected |= {"generation_config.json"} if kind == "h3" else set()

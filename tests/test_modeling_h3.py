@@ -9,7 +9,7 @@ import functools
 
 import pytest
 import torch
-from references import naive_h3_logits, randomize_ssm
+from references import naive_h3_logits, randomize_ssm, token_weight_matrix
 from tiny_models import build, h3_config
 
 from h3_hf import H3ForCausalLM
@@ -240,13 +240,13 @@ def test_decode_logits_use_a_transposed_head_kept_with_the_cache_and_follow_chan
     with torch.no_grad():
         cache = getattr(model(input_ids=ids[:, :-2], use_cache=True), CACHE_FIELD)
         first = model(input_ids=ids[:, -2:-1], past_key_values=cache, use_cache=True).logits
-        stored = cache.step_parameters["lm_head"][1]["weight_t"]
-        torch.testing.assert_close(stored, model.lm_head.weight.t(), rtol=0, atol=0)
+        stored = cache.step_parameters["lm_head"][1]["weight"]
+        torch.testing.assert_close(token_weight_matrix(stored), model.lm_head.weight, rtol=0, atol=0)
         torch.testing.assert_close(first[:, -1], model(input_ids=ids[:, :-1]).logits[:, -1], rtol=1e-4, atol=1e-5)
         model.lm_head.weight.mul_(-2.0)  # tied: the embedding changes too
         untouched = copy.deepcopy(cache)
         second = model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True).logits
-    assert cache.step_parameters["lm_head"][1]["weight_t"] is not stored
+    assert cache.step_parameters["lm_head"][1]["weight"] is not stored
     with torch.enable_grad():  # with autograd on nothing is kept: the head is applied as nn.Linear
         reference = fresh_copy(model)(input_ids=ids[:, -1:], past_key_values=untouched, use_cache=True).logits
     torch.testing.assert_close(second, reference.detach(), rtol=1e-5, atol=1e-6)
