@@ -194,6 +194,8 @@ class SSMMixer(nn.Module):
         The cached state (batch, ..., channels, N/2) advances in place: x <- dA x + dB u; y = 2 Re(C x)."""
         state = cache.get_recurrent_state(self.layer_idx)
         state.mul_(params["da"]).addcmul_(params["db"], u.unsqueeze(-1))
+        if not isinstance(cache, H3Cache):  # another cache may keep its states elsewhere than the tensor it returned
+            cache.update_recurrent_state(state, self.layer_idx)
         return torch.addcmul((params["c2"] * state).sum(-1).real, params["skip"], u)
 
     def _diag_step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -232,6 +234,12 @@ def cached_step_parameters(cache: Cache, slot, dtype: torch.dtype, weights: list
 def mask_token(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Zero (batch, ...) ``x`` of one decoded token where the last column of ``mask`` (batch, past + 1) is 0."""
     return x if mask is None else mask_padding(x.unsqueeze(-1), mask[:, -1:]).squeeze(-1)
+
+
+def call_on_token(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module`` run on one token x (batch, features) as a forward pass runs it, on (batch, 1, features): what an
+    adapter, a quantised layer or a hook sees does not depend on the mode."""
+    return module(x[:, None])[:, 0]
 
 
 def is_plain_linear(*modules: nn.Module) -> bool:
@@ -333,10 +341,10 @@ class H3Mixer(SSMMixer):
             dtype = compute_dtype(self.output_linear.weight)
             params = self._decode_parameters(cache, dtype)
             projections = (self.q_proj, self.k_proj, self.v_proj)
-            if is_plain_linear(*projections):  # one (batch, d) @ (d, 3d) product for q, k and v
+            if "qkv" in params and is_plain_linear(*projections):  # one (batch, d) @ (d, 3d) product
                 q, k, v = token_product(x.to(dtype), params["qkv"]).chunk(3, dim=-1)
             else:
-                q, k, v = (lin(x).to(dtype) for lin in projections)
+                q, k, v = (call_on_token(lin, x).to(dtype) for lin in projections)
             k = self._shift_step(mask_token(k, ssm_mask), cache, params)
             if self.head_dim == 1:  # the outer product and the readout are elementwise
                 kv = mask_token(k * v, ssm_mask).view(len(x), 1, 1, -1)  # (B, E, E, H)
@@ -344,10 +352,10 @@ class H3Mixer(SSMMixer):
             else:
                 kv = mask_token(self._heads(k).unsqueeze(2) * self._heads(v).unsqueeze(1), ssm_mask)  # (B, E, E, H)
                 y = self._readout(q, self._diag_step(kv, cache, params))
-            if is_plain_linear(self.output_linear):
+            if "out" in params and is_plain_linear(self.output_linear):
                 out = token_product(y, params["out"])
             else:
-                out = self.output_linear(y.to(x.dtype))
+                out = call_on_token(self.output_linear, y.to(x.dtype))
         return out.to(x.dtype)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -378,7 +386,7 @@ class H3Mixer(SSMMixer):
     def _shift_step(self, k: torch.Tensor, cache: Cache, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Shift SSM for one token, k (batch, d): a dot product with the cached window (oldest first)."""
         window = cache.update_conv_state(k[..., None], self.layer_idx, conv_kernel_size=self.state_size)
-        shifted = torch.linalg.vecdot(window[..., -self.state_size:], params["shift"])
+        shifted = torch.linalg.vecdot(window[..., -self.state_size:].to(k.dtype), params["shift"])
         return torch.addcmul(shifted, params["shift_skip"], k)
 
     def _step_parameters(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -453,7 +461,8 @@ class S4DMixer(SSMMixer):
         with no_autocast(x.device.type):
             dtype = compute_dtype(self.output_linear.weight)
             u = mask_token(x.to(dtype), ssm_mask)
-            return self._output(self._diag_step(u, cache, self._decode_parameters(cache, dtype)), x.dtype)
+            z = self._diag_step(u, cache, self._decode_parameters(cache, dtype))
+            return self._output(z[:, None], x.dtype)[:, 0]
 
     def _output(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """output_linear(gelu(z)) for z (..., d) in the compute dtype, returned in ``dtype``."""
@@ -553,15 +562,13 @@ class H3MLP(nn.Module):
     def step(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
         """One token, x (batch, d) -> (batch, d): fc1 and fc2 as one-token products over slices of their weights
         (``token_weight``, kept with the cache), or run as modules if adapted or hooked."""
-        fc1, fc2 = self.fc1, self.fc2
-        plain = is_plain_linear(fc1), is_plain_linear(fc2)
-        params = cached_step_parameters(cache, ("mlp", self.layer_idx), fc1.weight.dtype,
-                                        [fc1.weight, fc1.bias, fc2.weight, fc2.bias],
-                                        lambda: {"fc1": token_weight(fc1.weight, fc1.bias) if plain[0] else None,
-                                                 "fc2": token_weight(fc2.weight, fc2.bias) if plain[1] else None})
-        hidden = token_product(x, params["fc1"]) if plain[0] and params["fc1"] else fc1(x)
+        plain = [layer for layer in (self.fc1, self.fc2) if is_plain_linear(layer)]
+        params = cached_step_parameters(cache, ("mlp", self.layer_idx), x.dtype,
+                                        [t for layer in plain for t in (layer.weight, layer.bias)],
+                                        lambda: {id(layer): token_weight(layer.weight, layer.bias) for layer in plain})
+        hidden = token_product(x, params[id(self.fc1)]) if self.fc1 in plain else call_on_token(self.fc1, x)
         hidden = F.gelu(hidden, approximate="tanh")
-        return token_product(hidden, params["fc2"]) if plain[1] and params["fc2"] else fc2(hidden)
+        return token_product(hidden, params[id(self.fc2)]) if self.fc2 in plain else call_on_token(self.fc2, hidden)
 
 
 class H3Block(GradientCheckpointingLayer):
@@ -594,9 +601,9 @@ class H3Block(GradientCheckpointingLayer):
 
     def can_step(self) -> bool:
         """Whether :meth:`step` computes what a module call of this block would: no dropout active, and no call it
-        skips (this block's, its norms', mixer's, MLP's and dropout's) hooked or wrapped."""
-        return not self.training and not any(map(is_observed, (self, self.norm1, self.mixer, self.norm2, self.mlp,
-                                                               self.dropout)))
+        skips (this block's, its norms', mixer's, MLP's and dropout's) in training mode, hooked or wrapped."""
+        skipped = (self, self.norm1, self.mixer, self.norm2, self.mlp, self.dropout)
+        return not any(module.training or is_observed(module) for module in skipped)
 
     def step(self, x: torch.Tensor, cache: Cache, causal_mask=None, ssm_mask=None, position_ids=None) -> torch.Tensor:
         """:meth:`forward` for one token continuing ``cache``, x (batch, d) -> (batch, d), calling the submodules'
@@ -765,8 +772,8 @@ class H3Model(H3PreTrainedModel):
         if use_cache and not (output_hidden_states or output_attentions) and self._steps_blocks(hidden_states,
                                                                                                past_key_values):
             x = hidden_states[:, 0]
-            if ssm_mask is not None and bool(ssm_mask[:, -1].all()):  # a real token in every row: nothing to zero
-                ssm_mask = None
+            if ssm_mask is not None and ssm_mask.device.type == "cpu" and bool(ssm_mask[:, -1].all()):
+                ssm_mask = None  # a real token in every row: nothing to zero (checked where it costs no device sync)
             for block in self.layers:  # the same blocks, without a module call per submodule
                 x = block.step(x, past_key_values, causal_mask, ssm_mask, position_ids)
             hidden_states = x[:, None]

@@ -92,7 +92,7 @@ def vandermonde_real(coeff: torch.Tensor, log_da: torch.Tensor, length: int, *, 
         coeff: (..., H, N) complex.
         log_da: (H, N) complex.
         chunk_size: positions per block (default ceil(sqrt(length))).
-        powers: :func:`block_powers` of the same arguments, if already computed.
+        powers: :func:`block_powers` of the same arguments (``offset`` included), if already computed.
     Returns:
         (..., H, length) real.
     """

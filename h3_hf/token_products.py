@@ -40,7 +40,7 @@ def token_weight(weight: torch.Tensor, bias: torch.Tensor | None = None, *, tran
         parts = max(p for p in range(1, threads + 1) if out_features % p == 0)
         rows = out_features // parts
         return TokenWeight(weight.reshape(parts, rows, in_features),
-                           None if bias is None else bias.view(parts, rows, 1), out_features, False)
+                           None if bias is None else bias.reshape(parts, rows, 1), out_features, False)
     columns = -(-out_features // threads)
     sliced = weight.new_empty(threads, in_features, columns)
     padded_bias = None if bias is None else bias.new_zeros(threads, 1, columns)
@@ -55,12 +55,12 @@ def token_weight(weight: torch.Tensor, bias: torch.Tensor | None = None, *, tran
 
 
 def token_product(x: torch.Tensor, w: TokenWeight) -> torch.Tensor:
-    """x (batch, in_features) @ W^T + b -> (batch, out_features), one batched product over the slices."""
+    """x (batch, in_features) @ W^T + b -> (batch, out_features) (contiguous), one batched product over the slices."""
     parts, batch = w.weight.shape[0], x.shape[0]
     if not w.transposed:  # (parts, rows, in) @ (parts, in, batch) -> (parts, rows, batch)
         xt = x.t().expand(parts, -1, -1)
         y = torch.bmm(w.weight, xt) if w.bias is None else torch.baddbmm(w.bias, w.weight, xt)
-        return y.reshape(w.out_features, batch).t()
+        return y.reshape(w.out_features, batch).t().contiguous()
     xs = x.expand(parts, -1, -1)  # (parts, batch, in) @ (parts, in, columns) -> (parts, batch, columns)
     y = torch.bmm(xs, w.weight) if w.bias is None else torch.baddbmm(w.bias, xs, w.weight)
-    return y.transpose(0, 1).reshape(batch, -1)[:, :w.out_features]
+    return y.transpose(0, 1).reshape(batch, -1)[:, :w.out_features].contiguous()

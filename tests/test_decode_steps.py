@@ -92,3 +92,30 @@ def test_training_mode_and_per_layer_outputs_decode_through_the_modules(block_st
     assert len(step.hidden_states) == len(model.backbone.layers) + 1 and not block_step_calls
     model.train()  # no dropout in this config: the same tokens, through the modules
     assert torch.equal(generate(model, ids), expected) and not block_step_calls
+
+
+def test_a_dropout_switched_on_in_an_eval_block_is_applied_through_the_modules(block_step_calls):
+    """Monte Carlo dropout: the model in eval mode, one block's dropout in training mode."""
+    model = build(H3ForCausalLM, h3_config(resid_dropout=0.5))
+    model.backbone.layers[0].dropout.train()
+    ids = torch.randint(1, 40, (1, 6))
+    dropped = []
+    model.backbone.layers[0].dropout.register_forward_hook(lambda mod, args, out: dropped.append(
+        bool((out == 0).any() and not (args[0] == 0).any())))
+    generate(model, ids)
+    assert not model.backbone.layers[0].can_step() and not block_step_calls
+    assert len(dropped) == 10 and all(dropped)  # 2 per forward, each zeroing some values
+
+
+@pytest.mark.parametrize("layer", ["q_proj", "output_linear", "fc1", "fc2"])
+def test_hooked_linear_layers_see_a_sequence_of_one_token_in_decode_steps(layer):
+    """A layer run as a module in a step gets (batch, 1, features), as in a forward pass, not (batch, features)."""
+    model = build(H3ForCausalLM, h3_config())
+    block = model.backbone.layers[1]
+    module = block.mlp if layer.startswith("fc") else block.mixer
+    ids = torch.randint(1, 40, (2, 6))
+    expected = uncached_greedy(model, ids, new_tokens=3)
+    shapes = []
+    getattr(module, layer).register_forward_hook(lambda mod, args, out: shapes.append((args[0].dim(), out.shape[:2])))
+    assert torch.equal(generate(model, ids, new_tokens=3), expected)
+    assert shapes == [(3, (2, 6)), (3, (2, 1)), (3, (2, 1))]

@@ -32,7 +32,7 @@ def test_token_product_equals_linear(threads, out_features, in_features, batch, 
     assert sliced.transposed == transpose
     torch.testing.assert_close(token_weight_matrix(sliced), weight, rtol=0, atol=0)
     out = token_product(x, sliced)
-    assert out.shape == (batch, out_features)
+    assert out.shape == (batch, out_features) and out.is_contiguous()
     torch.testing.assert_close(out, F.linear(x, weight, bias), rtol=1e-12, atol=1e-12)
 
 
