@@ -562,13 +562,13 @@ class H3MLP(nn.Module):
     def step(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
         """One token, x (batch, d) -> (batch, d): fc1 and fc2 as one-token products over slices of their weights
         (``token_weight``, kept with the cache), or run as modules if adapted or hooked."""
-        plain = [layer for layer in (self.fc1, self.fc2) if is_plain_linear(layer)]
-        params = cached_step_parameters(cache, ("mlp", self.layer_idx), x.dtype,
-                                        [t for layer in plain for t in (layer.weight, layer.bias)],
-                                        lambda: {id(layer): token_weight(layer.weight, layer.bias) for layer in plain})
-        hidden = token_product(x, params[id(self.fc1)]) if self.fc1 in plain else call_on_token(self.fc1, x)
+        plain = {name: layer for name, layer in (("fc1", self.fc1), ("fc2", self.fc2)) if is_plain_linear(layer)}
+        weights = [t for layer in plain.values() for t in (layer.weight, layer.bias)]
+        params = cached_step_parameters(cache, ("mlp", self.layer_idx), x.dtype, weights, lambda: {
+            name: token_weight(layer.weight, layer.bias) for name, layer in plain.items()})
+        hidden = token_product(x, params["fc1"]) if "fc1" in plain else call_on_token(self.fc1, x)
         hidden = F.gelu(hidden, approximate="tanh")
-        return token_product(hidden, params[id(self.fc2)]) if self.fc2 in plain else call_on_token(self.fc2, hidden)
+        return token_product(hidden, params["fc2"]) if "fc2" in plain else call_on_token(self.fc2, hidden)
 
 
 class H3Block(GradientCheckpointingLayer):

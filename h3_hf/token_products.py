@@ -7,7 +7,7 @@ Cutting W into one slice per intra-op thread and running the slices as one batch
 The slices are W's rows, a view of the weight itself; ``transpose=True`` slices W^T's columns instead, made
 contiguous once (a copy of the weight), which CPU BLAS reads faster when rows are short (measured at width 768 on
 a 2-core CPU: the LM head of the GPT-2 vocabulary 5.6 ms against 7.1 ms, one thread 7.5 ms; q/k/v or fc1 by
-0.02-0.05 ms, not worth their copies). Off the CPU a product already runs in parallel: one slice.
+0.02-0.05 ms, not worth their copies). Off the CPU, and under ``torch.compile``, one slice.
 
 Plain PyTorch: checkpoints carry this file with their code.
 """
@@ -35,7 +35,7 @@ def token_weight(weight: torch.Tensor, bias: torch.Tensor | None = None, *, tran
     """Slice a linear layer's ``weight`` (out_features, in_features) and ``bias`` (out_features,) into up to one part
     per intra-op thread on CPU (W's rows: as many parts as divide out_features; W^T's columns: one per thread)."""
     out_features, in_features = weight.shape
-    threads = torch.get_num_threads() if weight.device.type == "cpu" else 1
+    threads = torch.get_num_threads() if weight.device.type == "cpu" and not torch.compiler.is_compiling() else 1
     if not transpose:
         parts = max(p for p in range(1, threads + 1) if out_features % p == 0)
         rows = out_features // parts
